@@ -1,0 +1,1 @@
+"""si_jax: a JAX-native codebase for self-improving language models."""

@@ -1,0 +1,1 @@
+"""Data: tokenized, padded batches (and later grain pipelines, TFDS builders, the data store)."""

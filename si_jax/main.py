@@ -1,0 +1,28 @@
+"""Entry point, intentionally kept short: flags -> config -> the job's `run(config)`.
+
+  python -m si_jax.main --config=configs/sft_reverse.py --config.train.num_steps=500
+"""
+
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               'configs', 'sft_reverse.py')
+_CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Experiment config file.',
+                                          lock_config=True)
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  from si_jax import train  # pylint: disable=g-import-not-at-top
+  jobs = {'sft': train.run}
+  if config.job not in jobs:
+    raise app.UsageError(f'config.job={config.job!r} is not one of {sorted(jobs)}')
+  jobs[config.job](config)
+
+
+if __name__ == '__main__':
+  app.run(main)

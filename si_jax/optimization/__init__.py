@@ -1,0 +1,1 @@
+"""Model optimization: objectives, optimizers and the shared update step (survey §4)."""

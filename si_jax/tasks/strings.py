@@ -1,0 +1,29 @@
+"""String tasks: copy and reversal of random strings; difficulty = string length."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from si_jax.tasks.base import Problem, Task
+
+
+@dataclasses.dataclass
+class StringTask(Task):
+  """`<string>>` -> the string reversed (or copied). E.g. prompt 'abc>' -> answer 'cba'."""
+  reverse: bool = True
+  letters: str = 'abcdefghij'
+  min_len: int = 1
+  max_len: int = 8
+
+  def __post_init__(self):
+    self.name = 'reverse' if self.reverse else 'copy'
+    self.difficulties = tuple(range(self.min_len, self.max_len + 1))
+
+  def make_problem(self, rng: np.random.Generator, difficulty: int) -> Problem:
+    s = ''.join(rng.choice(list(self.letters), size=difficulty))
+    return Problem(prompt=s + '>', answer=s[::-1] if self.reverse else s, difficulty=difficulty)
+
+  def alphabet(self) -> str:
+    return self.letters + '>'

@@ -1,0 +1,112 @@
+"""Supervised training on a task: the SFT demo, and the base-model phase of the main job.
+
+One readable loop: set up mesh, tokenizer, sharded state and checkpoints; train on fresh problems
+drawn from the task (deterministic per step, so a resumed run sees the batches an uninterrupted
+one would); checkpoint; finish with greedy exact-match accuracy on held-out problems.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import numpy as np
+import tqdm
+from absl import logging
+
+from si_jax import checkpoint, metrics, models, sampling, sharding, tasks, train_state
+from si_jax.data import batching
+from si_jax.optimization import optimizers, sft, train_step
+from si_jax.tokenizers import Tokenizer
+
+EVAL_SEED_OFFSET = 1_000_003  # Evaluation problems come from seeds training never uses.
+
+
+def make_task(config) -> tasks.Task:
+  kwargs = {k: v for k, v in config.task.items() if k != 'name'}
+  return tasks.get_task(config.task.name, **kwargs)
+
+
+def load_or_train_tokenizer(task: tasks.Task, workdir: str) -> Tokenizer:
+  """The tokenizer saved in workdir (a resumed run must keep its ids), else a fresh char one."""
+  if os.path.exists(os.path.join(workdir, 'tokenizer.model')):
+    return Tokenizer.load(workdir)
+  tokenizer = Tokenizer.train([task.alphabet()], vocab_size=len(task.alphabet()) + 8)
+  tokenizer.save(workdir)
+  return tokenizer
+
+
+def sample_problems(task: tasks.Task, seed: int, n: int) -> list[tasks.Problem]:
+  """n problems with difficulties drawn uniformly from the task's levels."""
+  rng = np.random.default_rng(seed)
+  return [task.make_problem(rng, int(rng.choice(task.difficulties))) for _ in range(n)]
+
+
+def exact_match(model, params, tokenizer: Tokenizer, task: tasks.Task,
+                problems: list[tasks.Problem], max_new_tokens: int, batch_size: int = 256):
+  """Greedy accuracy (mean verifier reward) and the completions."""
+  completions = []
+  for i in range(0, len(problems), batch_size):
+    chunk = problems[i:i + batch_size]
+    prompts = tokenizer.encode_batch([p.prompt for p in chunk], bos=True)
+    out, _ = sampling.greedy_generate(model, params, prompts, max_new_tokens, tokenizer.eos_id)
+    completions += tokenizer.decode_batch(out)
+  rewards = [task.verify(p, c) for p, c in zip(problems, completions)]
+  return float(np.mean(rewards)), completions
+
+
+def run(config) -> dict:
+  """Trains per `config` (see configs/sft_reverse.py) and returns the final metrics."""
+  # --- Setup: mesh, task, tokenizer ---
+  sharding.maybe_initialize_distributed()
+  mesh = sharding.make_mesh(config.mesh)
+  model_cfg = models.TransformerConfig.from_config_dict(config.model)
+  task = make_task(config)
+  workdir = config.workdir
+  os.makedirs(workdir, exist_ok=True)
+  tokenizer = load_or_train_tokenizer(task, workdir)
+  tokenizer.check_model_vocab(model_cfg.vocab_size)
+
+  # --- Create model & optimizer, born sharded; resume if a checkpoint exists ---
+  tx, schedule = optimizers.make_optimizer(config.optimizer, config.train.num_steps)
+  model, state, shardings = train_state.create(model_cfg, tx, mesh, config.seed)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                 config.checkpoint.max_to_keep, config.checkpoint.async_save)
+  if config.checkpoint.resume and ckpt.latest_step() is not None:
+    abstract, _ = train_state.state_shardings(model_cfg, tx, mesh)
+    state, _ = ckpt.restore(abstract, shardings, model_cfg=model_cfg)
+    logging.info('Resumed from step %d', int(state.step))
+  meta = {'model_config': checkpoint.model_config_dict(model_cfg),
+          'tokenizer_vocab_size': tokenizer.vocab_size}
+  print(f'Model: {models.param_count(state.params):,} parameters; mesh {dict(mesh.shape)}')
+
+  # --- Train ---
+  step_fn = train_step.jit_train_step(
+      train_step.make_train_step(functools.partial(sft.sft_loss, model), tx, schedule,
+                                 config.optimizer.grad_accum_steps), shardings, mesh)
+  writer = metrics.JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))
+  first_step, num_steps = int(state.step), config.train.num_steps
+  bar = tqdm.trange(first_step, num_steps, initial=first_step, total=num_steps, desc='sft')
+  for step in bar:
+    problems = sample_problems(task, seed=hash((config.seed, step)) % 2**32,
+                               n=config.train.batch_size)
+    batch = batching.sft_batch(tokenizer, [p.prompt for p in problems],
+                               [p.answer for p in problems], config.data.seq_len)
+    state, step_metrics = step_fn(state, sharding.shard_batch(batch, mesh))
+    if (step + 1) % config.train.log_every == 0 or step + 1 == num_steps:
+      logged = metrics.to_python(step_metrics)
+      writer.write(step + 1, logged)
+      bar.set_postfix(loss=f"{logged['loss']:.4f}", acc=f"{logged['token_accuracy']:.3f}")
+    if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == num_steps:
+      ckpt.save(step + 1, state, meta)
+  ckpt.close()
+
+  # --- Evaluate: greedy exact match on held-out problems ---
+  eval_problems = sample_problems(task, config.seed + EVAL_SEED_OFFSET, config.train.eval_size)
+  accuracy, _ = exact_match(model, state.params, tokenizer, task, eval_problems,
+                            max_new_tokens=config.data.seq_len)
+  result = {'step': int(state.step), 'exact_match': accuracy}
+  writer.write(int(state.step), {'eval_exact_match': accuracy})
+  print(f'Greedy exact match on {len(eval_problems)} held-out {task.name} problems: '
+        f'{accuracy:.1%}')
+  return result

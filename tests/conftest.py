@@ -1,0 +1,46 @@
+"""Test setup: 8 fake CPU devices (before jax is imported) and shared tiny configs."""
+
+import os
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+jax.config.update('jax_numpy_rank_promotion', 'raise')
+flags.FLAGS.mark_as_parsed()  # grain workers and absl logging read flags.
+
+from configs import sft_reverse  # pylint: disable=g-import-not-at-top,wrong-import-position
+from si_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def tiny_model_config(**overrides) -> models.TransformerConfig:
+  """The demo's model section, shrunk: 2 layers, d=32, 4 heads over 2 KV heads."""
+  base = dict(sft_reverse.get_config().model)
+  base.update(vocab_size=32, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+              mlp_dim=64)
+  base.update(overrides)
+  return models.TransformerConfig(**base)
+
+
+def tiny_sft_config(workdir: str, **train_overrides):
+  """The SFT demo config, shrunk for tests."""
+  c = sft_reverse.get_config()
+  c.workdir = workdir
+  c.mesh.fsdp = 1
+  c.model.d_model, c.model.num_heads, c.model.head_dim, c.model.mlp_dim = 64, 4, 16, 128
+  c.train.num_steps, c.train.batch_size, c.train.log_every, c.train.eval_size = 20, 16, 10, 32
+  c.optimizer.warmup_steps = 5
+  c.checkpoint.every_steps = 10
+  c.checkpoint.async_save = False
+  for k, v in train_overrides.items():
+    c.train[k] = v
+  return c
+
+
+@pytest.fixture(scope='session')
+def tiny_cfg():
+  return tiny_model_config()
