@@ -30,10 +30,10 @@ def tiny_sft_config(workdir: str, **train_overrides):
   """The SFT demo config, shrunk for tests."""
   c = sft_reverse.get_config()
   c.workdir = workdir
-  c.mesh.fsdp = 1
-  c.model.d_model, c.model.num_heads, c.model.head_dim, c.model.mlp_dim = 64, 4, 16, 128
+  c.mesh.data, c.mesh.fsdp = 2, -1  # 8 fake devices: 2 x 4.
   c.train.num_steps, c.train.batch_size, c.train.log_every, c.train.eval_size = 20, 16, 10, 32
-  c.optimizer.warmup_steps = 5
+  c.model.d_model, c.model.head_dim, c.model.mlp_dim = 64, 16, 192
+  c.optimizer.learning_rate, c.optimizer.warmup_steps = 1e-2, 50
   c.checkpoint.every_steps = 10
   c.checkpoint.async_save = False
   for k, v in train_overrides.items():
