@@ -63,12 +63,13 @@ def make_mesh(axes: Mapping[str, int], devices: Sequence[jax.Device] | None = No
   known = math.prod(v for v in sizes.values() if v != -1)
   if -1 in sizes.values():
     if len(devices) % known:
-      raise ValueError(f'config.mesh {sizes}: {len(devices)} devices are not divisible by {known}')
+      raise ValueError(f'config.mesh {sizes}: this machine has {len(devices)} devices, which '
+                       f'the fixed axes ({known}) do not divide')
     sizes = {k: (len(devices) // known if v == -1 else v) for k, v in sizes.items()}
   if math.prod(sizes.values()) != len(devices):
     raise ValueError(
-        f'config.mesh {sizes} needs {math.prod(sizes.values())} devices but {len(devices)} exist '
-        f'({devices[0].platform}); set one axis to -1 to use all of them.')
+        f'config.mesh {sizes} needs {math.prod(sizes.values())} devices but this machine has '
+        f'{len(devices)} devices ({devices[0].platform}); set one axis to -1 to use all of them.')
   shape = tuple(sizes[name] for name in MESH_AXES)
   device_grid = np.asarray(devices).reshape(shape)
   return Mesh(device_grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))

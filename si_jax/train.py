@@ -19,7 +19,7 @@ from si_jax.data import batching
 from si_jax.optimization import optimizers, sft, train_step
 from si_jax.tokenizers import Tokenizer
 
-EVAL_SEED_OFFSET = 1_000_003  # Evaluation problems come from seeds training never uses.
+# Seeds: training batch s draws from [seed, 0, s], evaluation from [seed, 1]: never the same.
 
 
 def make_task(config) -> tasks.Task:
@@ -36,7 +36,7 @@ def load_or_train_tokenizer(task: tasks.Task, workdir: str) -> Tokenizer:
   return tokenizer
 
 
-def sample_problems(task: tasks.Task, seed: int, n: int) -> list[tasks.Problem]:
+def sample_problems(task: tasks.Task, seed, n: int) -> list[tasks.Problem]:
   """n problems with difficulties drawn uniformly from the task's levels."""
   rng = np.random.default_rng(seed)
   return [task.make_problem(rng, int(rng.choice(task.difficulties))) for _ in range(n)]
@@ -74,7 +74,12 @@ def run(config) -> dict:
                                  config.checkpoint.max_to_keep, config.checkpoint.async_save)
   if config.checkpoint.resume and ckpt.latest_step() is not None:
     abstract, _ = train_state.state_shardings(model_cfg, tx, mesh)
-    state, _ = ckpt.restore(abstract, shardings, model_cfg=model_cfg)
+    state, saved_meta = ckpt.restore(abstract, shardings, model_cfg=model_cfg)
+    saved_vocab = saved_meta.get('tokenizer_vocab_size', tokenizer.vocab_size)
+    if saved_vocab != tokenizer.vocab_size:
+      raise ValueError(f'checkpoint in {workdir} was trained with a {saved_vocab}-piece tokenizer '
+                       f'but {workdir}/tokenizer.model has {tokenizer.vocab_size}: restore the '
+                       f'tokenizer saved with the run, or use a fresh config.workdir')
     logging.info('Resumed from step %d', int(state.step))
   meta = {'model_config': checkpoint.model_config_dict(model_cfg),
           'tokenizer_vocab_size': tokenizer.vocab_size}
@@ -86,23 +91,25 @@ def run(config) -> dict:
                                  config.optimizer.grad_accum_steps), shardings, mesh)
   writer = metrics.JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))
   first_step, num_steps = int(state.step), config.train.num_steps
-  bar = tqdm.trange(first_step, num_steps, initial=first_step, total=num_steps, desc='sft')
-  for step in bar:
-    problems = sample_problems(task, seed=hash((config.seed, step)) % 2**32,
-                               n=config.train.batch_size)
-    batch = batching.sft_batch(tokenizer, [p.prompt for p in problems],
-                               [p.answer for p in problems], config.data.seq_len)
-    state, step_metrics = step_fn(state, sharding.shard_batch(batch, mesh))
-    if (step + 1) % config.train.log_every == 0 or step + 1 == num_steps:
-      logged = metrics.to_python(step_metrics)
-      writer.write(step + 1, logged)
-      bar.set_postfix(loss=f"{logged['loss']:.4f}", acc=f"{logged['token_accuracy']:.3f}")
-    if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == num_steps:
-      ckpt.save(step + 1, state, meta)
-  ckpt.close()
+  try:  # Close (wait for pending async saves) even when interrupted.
+    bar = tqdm.trange(first_step, num_steps, initial=first_step, total=num_steps, desc='sft')
+    for step in bar:
+      problems = sample_problems(task, seed=[config.seed, 0, step],
+                                 n=config.train.batch_size)
+      batch = batching.sft_batch(tokenizer, [p.prompt for p in problems],
+                                 [p.answer for p in problems], config.data.seq_len)
+      state, step_metrics = step_fn(state, sharding.shard_batch(batch, mesh))
+      if (step + 1) % config.train.log_every == 0 or step + 1 == num_steps:
+        logged = metrics.to_python(step_metrics)
+        writer.write(step + 1, logged)
+        bar.set_postfix(loss=f"{logged['loss']:.4f}", acc=f"{logged['token_accuracy']:.3f}")
+      if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == num_steps:
+        ckpt.save(step + 1, state, meta)
+  finally:
+    ckpt.close()
 
   # --- Evaluate: greedy exact match on held-out problems ---
-  eval_problems = sample_problems(task, config.seed + EVAL_SEED_OFFSET, config.train.eval_size)
+  eval_problems = sample_problems(task, [config.seed, 1], config.train.eval_size)
   accuracy, _ = exact_match(model, state.params, tokenizer, task, eval_problems,
                             max_new_tokens=config.data.seq_len)
   result = {'step': int(state.step), 'exact_match': accuracy}
