@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.seq_len = 20  # bos + prompt + '>' + answer + eos fits: 1 + 9 + 8 + 1 = 19.
 
   c.train = ml_collections.ConfigDict()
-  c.train.num_steps = 1500  # Optimizer steps.
+  c.train.num_steps = 600  # Optimizer steps.
   c.train.batch_size = 64  # Sequences per step (fresh random problems every step).
   c.train.log_every = 100  # Progress-bar metrics period.
   c.train.eval_size = 500  # Held-out problems for the final greedy exact-match accuracy.

@@ -5,7 +5,7 @@
 
 import os
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -16,6 +16,8 @@ _CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Experiment
 
 def main(argv):
   del argv
+  if not flags.FLAGS['verbosity'].present:  # orbax logs every save at INFO; keep the bar readable.
+    logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   from si_jax import train  # pylint: disable=g-import-not-at-top
   jobs = {'sft': train.run}
