@@ -101,8 +101,9 @@ class Tokenizer:
             for ids in self.sp.encode(list(texts))]
 
   def decode(self, ids) -> str:
-    """Decodes up to the first eos; pad/bos are dropped."""
-    ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+    """Decodes up to the first eos; pad/bos are dropped; ids past the vocab (a model's padded
+    vocab) decode as unk."""
+    ids = [int(i) if 0 <= i < self.vocab_size else UNK_ID for i in np.asarray(ids).reshape(-1)]
     if EOS_ID in ids:
       ids = ids[:ids.index(EOS_ID)]
     return self.sp.decode([i for i in ids if i not in (PAD_ID, BOS_ID)])

@@ -1,39 +1,39 @@
-"""Sampling with a KV cache: one jitted prefill, then a jitted `lax.while_loop` decode.
+"""Sampling with a KV cache: a jitted prefill, then a jitted `lax.while_loop` decode.
 
-Prompts are left-padded to a bucketed length P, so every sequence's next token is written to the
-same cache slot; each token's RoPE position counts only its sequence's real tokens, so padding
-changes nothing a sequence computes (tests: a batch == each prompt alone).
-
-Cache layout for a call: slots [0, P) hold the prompts, slots [P, P + max_new) the generation.
+Layout of one call (hidden from callers):
+  * prompts are left-padded to a bucketed length P, so every sequence writes its next token to
+    the same cache slot; RoPE positions count only a sequence's real tokens, so padding changes
+    nothing a sequence computes (tested: a batch == each prompt alone);
+  * the B prompts are prefilled once; for n samples per prompt the cache is copied n times
+    (rows b*n .. b*n+n-1 belong to prompt b), never prefilled n times;
+  * cache slots [0, P) hold prompts, [P, P + max_new) the generation.
+Prefill and decode are compiled separately and cached per (bucketed) shape, strategy, n and
+stop sequences, so a loop of calls compiles a handful of programs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 from collections.abc import Sequence
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
 
-from si_jax import models
+from si_jax import models, sharding
+from si_jax.sampling.strategies import Greedy, Strategy
+from si_jax.tokenizers import Tokenizer
+
+FINISH_REASONS = ('running', 'eos', 'stop', 'length')  # finish_reason codes 0..3.
 
 
 def bucket(n: int, minimum: int = 16) -> int:
   """Next power of two >= n (at least `minimum`): a loop of calls compiles a few shapes only."""
   return max(minimum, 1 << max(0, n - 1).bit_length())
-
-
-@flax.struct.dataclass
-class DecodeState:
-  cache: models.KVCache
-  tokens_BxN: jax.Array  # generated tokens (pad after a sequence is done)
-  last_B: jax.Array  # token fed to the next decode step
-  position_B: jax.Array  # RoPE position of that token
-  done_B: jax.Array
-  length_B: jax.Array  # tokens generated so far, eos included
-  step: jax.Array
 
 
 def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int = 0):
@@ -47,45 +47,248 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int = 0):
   return tokens, mask
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4, 5), donate_argnums=())
-def _greedy(model: models.Model, params, tokens_BxP, mask_BxP, max_new: int, eos_id: int):
-  b, p = tokens_BxP.shape
-  cache = models.init_cache(model.cfg, b, p + max_new)
-  positions_BxP = jnp.maximum(jnp.cumsum(mask_BxP, axis=1) - 1, 0)
-  logits, cache = models.forward_with_cache(model, params, tokens_BxP, positions_BxP, mask_BxP,
-                                            cache)
-  first = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
-  state = DecodeState(cache=cache, tokens_BxN=jnp.zeros((b, max_new), jnp.int32),
-                      last_B=first, position_B=positions_BxP[:, -1] + 1,
-                      done_B=jnp.zeros((b,), bool), length_B=jnp.zeros((b,), jnp.int32),
-                      step=jnp.zeros((), jnp.int32))
+@flax.struct.dataclass
+class SampleOutput:
+  """Per sample (rows b*n .. b*n+n-1 belong to prompt b); arrays are numpy on return.
 
-  def cond(s: DecodeState):
-    return (s.step < max_new) & ~jnp.all(s.done_B)
+  tokens: [R, max_new] generated ids, pad (0) after the sequence ended; eos / stop tokens kept.
+  lengths: [R] generated tokens including the eos or stop sequence.
+  finish_reason: [R] index into FINISH_REASONS.
+  logprobs: [R, max_new] log p(token) under the unmodified model (0 after the end): what
+    policy-gradient ratios need.
+  sampling_logprobs: [R, max_new] log-prob under the distribution sampled from (after
+    temperature / top-k / top-p / min-p; 0 for greedy).
+  """
+  tokens: jax.Array
+  lengths: jax.Array
+  finish_reason: jax.Array
+  logprobs: jax.Array
+  sampling_logprobs: jax.Array
 
-  def body(s: DecodeState):
-    tok = jnp.where(s.done_B, 0, s.last_B)
-    tokens = s.tokens_BxN.at[:, s.step].set(tok)
-    length = s.length_B + (~s.done_B).astype(jnp.int32)
-    done = s.done_B | (tok == eos_id)
-    logits, cache = models.forward_with_cache(model, params, tok[:, None], s.position_B[:, None],
-                                              jnp.ones((b, 1), bool), s.cache)
-    nxt = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
-    return DecodeState(cache=cache, tokens_BxN=tokens, last_B=nxt, position_B=s.position_B + 1,
-                       done_B=done, length_B=length, step=s.step + 1)
 
-  final = jax.lax.while_loop(cond, body, state)
-  return final.tokens_BxN, final.length_B
+@flax.struct.dataclass
+class _DecodeState:
+  cache: models.KVCache
+  logits_RxV: jax.Array  # next-token logits of each row
+  position_R: jax.Array  # RoPE position of the next token
+  recent_RxW: jax.Array  # last W generated tokens (for stop sequences), -1 = none yet
+  out: SampleOutput
+  done_R: jax.Array
+  step: jax.Array
+
+
+def _prefill(model: models.Model, params, tokens_BxP, mask_BxP, cache_len: int, cache_sharding):
+  b = tokens_BxP.shape[0]
+  cache = models.init_cache(model.cfg, b, cache_len)
+  if cache_sharding is not None:
+    cache = jax.lax.with_sharding_constraint(cache, cache_sharding)
+  positions = jnp.maximum(jnp.cumsum(mask_BxP, axis=1) - 1, 0).astype(jnp.int32)
+  logits, cache = models.forward_with_cache(model, params, tokens_BxP, positions, mask_BxP, cache)
+  return logits[:, -1], positions[:, -1] + 1, cache
+
+
+def _decode(model: models.Model, strategy: Strategy, n: int, max_new: int, eos_id: int,
+            stop_seqs: tuple[tuple[int, ...], ...], params, last_logits_BxV, next_pos_B,
+            active_B, cache: models.KVCache, seeds_B, limit):
+  """Decodes up to `limit` (<= max_new, the buffer size) tokens for n copies of each prompt.
+
+  Sample j of a prompt with seed s draws step t from key fold_in(fold_in(PRNGKey(s), j), t):
+  a prompt samples the same whatever else is in the batch.
+  """
+  repeat = lambda x: jnp.repeat(x, n, axis=0)
+  row_keys = jax.vmap(jax.random.fold_in)(repeat(jax.vmap(jax.random.PRNGKey)(seeds_B)),
+                                          jnp.tile(jnp.arange(n), seeds_B.shape[0]))
+  if n > 1:  # Copy each prompt's cache n times.
+    cache = cache.replace(k=[repeat(k) for k in cache.k], v=[repeat(v) for v in cache.v],
+                          valid_BxS=repeat(cache.valid_BxS))
+  rows = last_logits_BxV.shape[0] * n
+  width = max([len(s) for s in stop_seqs] + [1])
+  # Stop sequences right-aligned in a [S, W] table; -2 never matches a token.
+  stop_table = np.full((max(len(stop_seqs), 1), width), -2, np.int32)
+  stop_valid = np.zeros((max(len(stop_seqs), 1), width), bool)
+  for i, s in enumerate(stop_seqs):
+    stop_table[i, width - len(s):], stop_valid[i, width - len(s):] = s, True
+  zeros_f = jnp.zeros((rows, max_new), jnp.float32)
+  state = _DecodeState(
+      cache=cache, logits_RxV=repeat(last_logits_BxV), position_R=repeat(next_pos_B),
+      recent_RxW=jnp.full((rows, width), -1, jnp.int32),
+      out=SampleOutput(tokens=jnp.zeros((rows, max_new), jnp.int32),
+                       lengths=jnp.zeros((rows,), jnp.int32),
+                       finish_reason=jnp.zeros((rows,), jnp.int32),
+                       logprobs=zeros_f, sampling_logprobs=zeros_f),
+      done_R=~repeat(active_B), step=jnp.zeros((), jnp.int32))
+
+  def cond(s: _DecodeState):
+    return (s.step < limit) & ~jnp.all(s.done_R)
+
+  def body(s: _DecodeState):
+    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, s.step)
+    token, sampling_logp = strategy.sample(s.logits_RxV, step_keys)
+    model_logp = jnp.take_along_axis(jax.nn.log_softmax(s.logits_RxV.astype(jnp.float32), -1),
+                                     token[:, None], axis=-1)[:, 0]
+    live = ~s.done_R
+    token = jnp.where(live, token, 0)
+    recent = jnp.concatenate([s.recent_RxW[:, 1:], token[:, None]], axis=1)
+    hit_stop = jnp.any(jnp.all((recent[:, None, :] == stop_table[None]) | ~stop_valid[None],
+                               axis=-1) & stop_valid.any(-1)[None], axis=-1) & live
+    hit_eos = (token == eos_id) & live
+    at_limit = (s.step + 1 == limit) & live & ~hit_eos & ~hit_stop
+    reason = jnp.where(hit_eos, 1, jnp.where(hit_stop, 2, jnp.where(at_limit, 3, 0)))
+    out = s.out
+    out = SampleOutput(
+        tokens=out.tokens.at[:, s.step].set(token),
+        lengths=out.lengths + live.astype(jnp.int32),
+        finish_reason=jnp.where(reason > 0, reason, out.finish_reason),
+        logprobs=out.logprobs.at[:, s.step].set(jnp.where(live, model_logp, 0.0)),
+        sampling_logprobs=out.sampling_logprobs.at[:, s.step].set(
+            jnp.where(live, sampling_logp, 0.0)))
+    logits, cache = models.forward_with_cache(model, params, token[:, None],
+                                              s.position_R[:, None], live[:, None], s.cache)
+    return _DecodeState(cache=cache, logits_RxV=logits[:, -1], position_R=s.position_R + 1,
+                        recent_RxW=recent, out=out, done_R=s.done_R | hit_eos | hit_stop,
+                        step=s.step + 1)
+
+  return jax.lax.while_loop(cond, body, state).out
+
+
+@dataclasses.dataclass
+class Sampler:
+  """Generates from split params of `model`, optionally sharded over `mesh`.
+
+  rules: logical -> mesh rules for the weights while sampling. The default
+  `sharding.SAMPLING_RULES` keeps weights tensor-parallel only (no FSDP all-gather per token);
+  pass `sharding.RULES` to sample straight from FSDP-sharded training params.
+  """
+  model: models.Model
+  mesh: Mesh | None = None
+  rules: dict | None = None
+
+  def __post_init__(self):
+    self.rules = sharding.SAMPLING_RULES if self.rules is None else self.rules
+    self._prefill = jax.jit(functools.partial(_prefill, cache_sharding=self._cache_sharding()),
+                            static_argnums=(0, 4))
+    # The prefill cache is donated to decode when decode can reuse it in place (n == 1).
+    self._decode = {donate: jax.jit(_decode, static_argnums=(0, 1, 2, 3, 4, 5),
+                                    donate_argnums=(10,) if donate else ())
+                    for donate in (True, False)}
+    self._param_shardings = None
+    if self.mesh is not None:
+      _, abstract = models.abstract_model(self.model.cfg)
+      self._param_shardings = sharding.named_shardings(
+          models.logical_axes(self.model.cfg), abstract, self.mesh, self.rules)
+
+  # --- Placement -------------------------------------------------------------------------------
+
+  def place_params(self, params):
+    """Puts params in the sampling layout (a no-op when they already are)."""
+    if self.mesh is None:
+      return params
+    return jax.device_put(params, self._param_shardings)
+
+  def _data_size(self) -> int:
+    if self.mesh is None:
+      return 1
+    return math.prod(self.mesh.shape[a] for a in ('data', 'fsdp'))
+
+  def _cache_sharding(self):
+    if self.mesh is None:
+      return None
+    spec = lambda *axes: NamedSharding(self.mesh, sharding.logical_to_spec(
+        axes, None, self.mesh, self.rules))
+    kv = spec('batch', None, 'kv_heads', 'head_dim')
+    layers = self.model.cfg.num_layers
+    return models.KVCache(k=[kv] * layers, v=[kv] * layers, valid_BxS=spec('batch', None),
+                          index=spec())
+
+  def _put_batch(self, x):
+    if self.mesh is None:
+      return jnp.asarray(x)
+    return jax.device_put(x, sharding.batch_sharding(self.mesh, np.ndim(x), self.rules))
+
+  # --- Token API -------------------------------------------------------------------------------
+
+  def sample(self, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+             strategy: Strategy = Greedy(), n: int = 1, seed: int = 0, eos_id: int = 3,
+             stop_sequences: Sequence[Sequence[int]] = (), max_cache_len: int | None = None
+             ) -> SampleOutput:
+    """Samples `n` completions per token-id prompt. Rows b*n .. b*n+n-1 belong to prompt b.
+
+    Prompt b samples with seed `seed + b`, so the same prompt and seed give the same samples
+    alone or in any batch.
+    """
+    self._check(prompts, max_new_tokens, n, max_cache_len)
+    prompt_len = bucket(max(len(p) for p in prompts))
+    max_new = bucket(max_new_tokens)
+    # Pad the batch to a bucketed size divisible by the data-parallel axes; drop the extras after.
+    b = len(prompts)
+    padded_b = bucket(b, minimum=1) if b <= 64 else -(-b // 64) * 64
+    padded_b = -(-padded_b // self._data_size()) * self._data_size()
+    tokens, mask = left_pad(list(prompts) + [[eos_id]] * (padded_b - b), prompt_len)
+    params = self.place_params(params)
+    last_logits, next_pos, cache = self._prefill(
+        self.model, params, self._put_batch(tokens), self._put_batch(mask),
+        prompt_len + max_new)
+    stops = tuple(tuple(int(t) for t in s) for s in stop_sequences)
+    active = self._put_batch(np.arange(padded_b) < b)
+    decode = self._decode[n == 1]
+    out = decode(self.model, strategy, n, max_new, eos_id, stops, params, last_logits, next_pos,
+                 active, cache, self._put_batch(seed + np.arange(padded_b, dtype=np.int32)),
+                 jnp.int32(max_new_tokens))
+    trim = lambda x: x[:b * n, :max_new_tokens] if x.ndim == 2 else x[:b * n]
+    return jax.tree.map(trim, jax.device_get(out))
+
+  def _check(self, prompts, max_new_tokens, n, max_cache_len):
+    if len(prompts) == 0:
+      raise ValueError('sample: the prompt list is empty')
+    if any(len(p) == 0 for p in prompts):
+      raise ValueError('sample: a prompt is empty; encode prompts with bos=True')
+    if n < 1:
+      raise ValueError(f'sample: n={n} must be >= 1')
+    if max_new_tokens < 1:
+      raise ValueError(f'sample: max_new_tokens={max_new_tokens} must be >= 1')
+    vocab = self.model.cfg.vocab_size
+    longest = max(len(p) for p in prompts)
+    if max_cache_len is not None and longest + max_new_tokens > max_cache_len:
+      raise ValueError(f'sample: the longest prompt ({longest} tokens) + max_new_tokens '
+                       f'({max_new_tokens}) exceeds the cache length {max_cache_len}')
+    bad = [t for p in prompts for t in p if not 0 <= t < vocab]
+    if bad:
+      raise ValueError(f'sample: token id {bad[0]} is outside the model vocab [0, {vocab}): '
+                       f'the tokenizer does not match the model')
+
+  # --- Text API --------------------------------------------------------------------------------
+
+  def generate(self, params, tokenizer: Tokenizer, prompts: Sequence[str], *,
+               max_new_tokens: int, strategy: Strategy = Greedy(), n: int = 1, seed: int = 0,
+               stop: Sequence[str] = (), max_cache_len: int | None = None):
+    """Text in, text out: returns (texts [len(prompts)][n], the SampleOutput).
+
+    Texts end before eos and before the first stop string (which the tokens keep).
+    """
+    tokenizer.check_model_vocab(self.model.cfg.vocab_size)
+    if not prompts:
+      raise ValueError('generate: the prompt list is empty')
+    ids = tokenizer.encode_batch(prompts, bos=True)
+    out = self.sample(params, ids, max_new_tokens=max_new_tokens, strategy=strategy, n=n,
+                      seed=seed, eos_id=tokenizer.eos_id,
+                      stop_sequences=[tokenizer.encode(s) for s in stop],
+                      max_cache_len=max_cache_len)
+    texts = []
+    for row, length in zip(out.tokens, out.lengths):
+      text = tokenizer.decode(row[:length])
+      cuts = [text.find(s) for s in stop if s and s in text]
+      texts.append(text[:min(cuts)] if cuts else text)
+    return [texts[i * n:(i + 1) * n] for i in range(len(prompts))], out
 
 
 def greedy_generate(model: models.Model, params, prompts: Sequence[Sequence[int]],
                     max_new_tokens: int, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
-  """Greedy completions of token-id prompts: (tokens [B, max_new_tokens], lengths incl. eos)."""
-  if not prompts:
-    raise ValueError('greedy_generate: empty prompt list')
-  if any(len(p) == 0 for p in prompts):
-    raise ValueError('greedy_generate: empty prompt (add a bos token)')
-  tokens, mask = left_pad(prompts, bucket(max(len(p) for p in prompts)))
-  out, lengths = _greedy(model, params, jnp.asarray(tokens), jnp.asarray(mask),
-                         bucket(max_new_tokens), eos_id)
-  return np.asarray(out)[:, :max_new_tokens], np.minimum(np.asarray(lengths), max_new_tokens)
+  """Greedy completions of token-id prompts on the default device: (tokens, lengths)."""
+  out = _default_sampler(model).sample(params, prompts, max_new_tokens=max_new_tokens,
+                                       eos_id=eos_id)
+  return out.tokens, out.lengths
+
+
+@functools.lru_cache(maxsize=8)
+def _default_sampler(model: models.Model) -> Sampler:
+  return Sampler(model)
