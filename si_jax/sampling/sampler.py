@@ -148,7 +148,8 @@ def _decode(model: models.Model, strategy: Strategy, n: int, max_new: int, eos_i
                         recent_RxW=recent, out=out, done_R=s.done_R | hit_eos | hit_stop,
                         step=s.step + 1)
 
-  return jax.lax.while_loop(cond, body, state).out
+  final = jax.lax.while_loop(cond, body, state)
+  return final.out, final.cache  # Returning the cache lets a donated input alias it in place.
 
 
 @dataclasses.dataclass
@@ -231,7 +232,7 @@ class Sampler:
     stops = tuple(tuple(int(t) for t in s) for s in stop_sequences)
     active = self._put_batch(np.arange(padded_b) < b)
     decode = self._decode[n == 1]
-    out = decode(self.model, strategy, n, max_new, eos_id, stops, params, last_logits, next_pos,
+    out, _ = decode(self.model, strategy, n, max_new, eos_id, stops, params, last_logits, next_pos,
                  active, cache, self._put_batch(seed + np.arange(padded_b, dtype=np.int32)),
                  jnp.int32(max_new_tokens))
     trim = lambda x: x[:b * n, :max_new_tokens] if x.ndim == 2 else x[:b * n]
