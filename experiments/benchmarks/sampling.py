@@ -1,0 +1,83 @@
+"""SAMPLE benchmark (shared/BENCHMARKS.md): REF-25M, 32 prompt tokens, exactly 64 new, greedy.
+
+  python experiments/benchmarks/sampling.py [--batch_sizes=1,16,64] [--repeats=3]
+
+For each batch size: prefill time, decode tokens/s (B * 64 / total time), time per decode step,
+process peak RSS, and the roofline bounds on this machine, measured here (matmul peak) or taken
+from STACK-NOTES (memory bandwidth): decode step >= max((param + KV bytes) / bandwidth,
+2 * params * B / peak); prefill >= 2 * params * B * 32 / peak. The baseline decodes without a KV
+cache: every step recomputes the full forward over a fixed 96-token buffer.
+"""
+
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from configs import base
+from si_jax import models, sampling
+from experiments.benchmarks.train_step import matmul_peak_flops
+
+_BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '16', '64'], 'Batch sizes.')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed runs per batch size (median reported).')
+_BANDWIDTH = flags.DEFINE_float('bandwidth_gbs', 35.0, 'Memory bandwidth, GB/s (STACK-NOTES).')
+PROMPT, NEW = 32, 64
+
+
+def _timed(fn, repeats):
+  fn()  # warm-up / compile
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def main(_):
+  cfg = models.TransformerConfig.from_config_dict(base.get_config().model)
+  model, params = models.build(cfg, jax.random.PRNGKey(0))
+  n_params = models.param_count(params)
+  peak = matmul_peak_flops()
+  sampler = sampling.Sampler(model)
+  no_cache_step = jax.jit(lambda p, t: jnp.argmax(models.forward(model, p, t)[:, -1], -1))
+  print(f'REF-25M: {n_params:,} params; matmul peak {peak / 1e9:.0f} GFLOP/s; '
+        f'bandwidth {_BANDWIDTH.value:.0f} GB/s; devices {jax.devices()[0].platform}')
+  print('| B | prefill | bound | decode tok/s | bound tok/s | % of bound | ms/step | '
+        'no-cache tok/s | peak RSS |')
+  print('| --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+  for b in map(int, _BATCH_SIZES.value):
+    rng = np.random.default_rng(b)
+    prompts = rng.integers(4, cfg.vocab_size, (b, PROMPT)).tolist()
+    tokens, mask = sampling.left_pad(prompts, PROMPT)
+    tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
+    prefill = lambda: jax.block_until_ready(sampler._prefill(model, params, tokens, mask,
+                                                             PROMPT + NEW))
+    prefill_time = _timed(prefill, _REPEATS.value)
+    total = _timed(lambda: sampler.sample(params, prompts, max_new_tokens=NEW, eos_id=-1),
+                   _REPEATS.value)
+    step_time = (total - prefill_time) / NEW
+    kv_bytes = 2 * cfg.num_layers * b * (PROMPT + NEW) * cfg.num_kv_heads * cfg.head_dim * 4
+    step_bound = max((n_params * 4 + kv_bytes) / (_BANDWIDTH.value * 1e9),
+                     2 * n_params * b / peak)
+    prefill_bound = 2 * n_params * b * PROMPT / peak
+    bound_tps = b * NEW / (prefill_bound + NEW * step_bound)
+    buf = jnp.zeros((b, PROMPT + NEW), jnp.int32).at[:, :PROMPT].set(tokens)
+    def no_cache():
+      t = buf
+      for i in range(NEW):
+        t = t.at[:, PROMPT + i].set(no_cache_step(params, t))
+      jax.block_until_ready(t)
+    no_cache_time = _timed(no_cache, 1)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f'| {b} | {prefill_time * 1e3:.1f} ms | {prefill_bound * 1e3:.1f} ms | '
+          f'{b * NEW / total:,.0f} | {bound_tps:,.0f} | {b * NEW / total / bound_tps:.0%} | '
+          f'{step_time * 1e3:.2f} | {b * NEW / no_cache_time:,.0f} | {rss:.2f} GiB |')
+
+
+if __name__ == '__main__':
+  app.run(main)
