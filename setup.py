@@ -19,7 +19,7 @@ RUNTIME = [
     'matplotlib==3.11.2',
     'tqdm==4.70.1',
 ]
-TEST = ['pytest==9.0.3', 'pytest-xdist==3.8.0', 'scipy==1.17.1']
+TEST = ['pytest==9.0.3', 'pytest-xdist==3.8.0', 'scipy==1.17.1', 'hypothesis==6.155.2']
 
 setuptools.setup(
     name='si_jax',

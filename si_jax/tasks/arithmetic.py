@@ -1,0 +1,97 @@
+"""Arithmetic tasks: addition (reversed or forward digits) and multiplication (optional CoT).
+
+Reversed addition follows Lee et al. 2025: prompt `a[::-1]+b[::-1]=`, answer `str(a+b)[::-1]`
+zero-padded to d+1 digits, so the model writes the least significant digit first, the order in
+which carries propagate. Difficulty d = digits of the longer operand; the other has 1..d digits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from si_jax.tasks.base import Problem, Task
+
+_MAX_ANSWER_CHARS = 4096  # Longer completions are junk: never parsed.
+
+
+def _number(rng: np.random.Generator, digits: int) -> int:
+  if digits == 1:
+    return int(rng.integers(0, 10))
+  return int(rng.integers(10 ** (digits - 1), 10 ** digits))
+
+
+@dataclasses.dataclass
+class AdditionTask(Task):
+  reverse: bool = True
+  min_digits: int = 1
+  max_digits: int = 8
+
+  def __post_init__(self):
+    self.name = 'addition_reversed' if self.reverse else 'addition'
+    self.difficulties = tuple(range(self.min_digits, self.max_digits + 1))
+
+  def make_problem(self, rng: np.random.Generator, difficulty: int) -> Problem:
+    a = _number(rng, difficulty)
+    b = _number(rng, int(rng.integers(1, difficulty + 1)))
+    if rng.random() < 0.5:
+      a, b = b, a
+    if self.reverse:
+      prompt = f'{str(a)[::-1]}+{str(b)[::-1]}='
+      answer = str(a + b).zfill(difficulty + 1)[::-1]
+    else:
+      prompt, answer = f'{a}+{b}=', str(a + b)
+    return Problem(prompt=prompt, answer=answer, difficulty=difficulty)
+
+  def alphabet(self) -> str:
+    return '0123456789+='
+
+  def extract_answer(self, completion: str) -> str | None:
+    answer = super().extract_answer(completion)
+    if answer is None or len(answer) > _MAX_ANSWER_CHARS or not answer.isdigit():
+      return None
+    return answer if answer.isascii() else None
+
+
+@dataclasses.dataclass
+class MultiplicationTask(Task):
+  """`a*b=` -> a*b. With cot=True the completion first lists the partial products a * (digit i
+  of b) * 10^i, each reversed, separated by '+', then '#' and the answer."""
+  cot: bool = False
+  min_digits: int = 1
+  max_digits: int = 4
+
+  def __post_init__(self):
+    self.name = 'multiplication_cot' if self.cot else 'multiplication'
+    self.difficulties = tuple(range(self.min_digits, self.max_digits + 1))
+
+  def make_problem(self, rng: np.random.Generator, difficulty: int) -> Problem:
+    a = _number(rng, difficulty)
+    b = _number(rng, int(rng.integers(1, difficulty + 1)))
+    answer = str(a * b)
+    if self.cot:
+      partials = [str(a * int(d) * 10 ** i)[::-1] for i, d in enumerate(reversed(str(b)))]
+      answer = '+'.join(partials) + '#' + answer
+    return Problem(prompt=f'{a}*{b}=', answer=answer, difficulty=difficulty)
+
+  def alphabet(self) -> str:
+    return '0123456789*=+#'
+
+  def extract_answer(self, completion: str) -> str | None:
+    text = super().extract_answer(completion)
+    if text is None or len(text) > _MAX_ANSWER_CHARS:
+      return None
+    if self.cot:
+      if '#' not in text:
+        return None
+      text = text.rsplit('#', 1)[1]
+    return text if text.isascii() and text.isdigit() else None
+
+  def verify(self, problem: Problem, completion: str) -> float:
+    """Only the final answer counts (the chain of thought is free-form)."""
+    try:
+      reference = problem.answer.rsplit('#', 1)[-1]
+      return float(self.extract_answer(completion) == reference)
+    except Exception:  # pylint: disable=broad-except
+      return 0.0
