@@ -1,0 +1,1 @@
+"""Data acquisition (survey §2): environment interaction and synthetic generation."""
