@@ -45,15 +45,17 @@ class Tokenizer:
 
     model_type 'char' gives one token per character (e.g. digit-level arithmetic); 'bpe' and
     'unigram' learn subwords. For 'char', vocab_size is an upper bound: the vocab holds the 4
-    special pieces plus the characters seen.
+    special pieces plus the characters seen. A newline is always a piece (sentencepiece would
+    otherwise treat it as a sentence break): few-shot prompts put one example per line.
     """
+    symbols = ['\n'] + [s for s in user_defined_symbols if s != '\n']
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size,
         model_type=model_type, character_coverage=1.0, pad_id=PAD_ID, unk_id=UNK_ID,
         bos_id=BOS_ID, eos_id=EOS_ID, normalization_rule_name='identity',
         add_dummy_prefix=False, remove_extra_whitespaces=False, split_digits=True,
-        user_defined_symbols=list(user_defined_symbols), byte_fallback=byte_fallback,
+        user_defined_symbols=symbols, byte_fallback=byte_fallback,
         hard_vocab_limit=model_type != 'char', minloglevel=2, num_threads=1)
     return cls(model.getvalue())
 

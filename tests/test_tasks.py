@@ -32,6 +32,8 @@ def test_problems_are_reproducible_and_references_verify(name):
       assert p.difficulty == d and set(p.prompt + p.answer) <= set(task.alphabet())
       assert task.verify(p, p.answer) == 1.0
       assert task.verify(p, ' ' + p.answer + ' ') == 1.0
+      assert task.is_well_formed(p.prompt) and not task.is_well_formed(p.prompt[:-1])
+      assert task.solve(p.prompt) == (None if name == 'countdown' else p.answer)
       corrupted = task.verify(p, _corrupt(p.answer))
       assert corrupted == (0.1 if name == 'countdown' else 0.0)
 

@@ -20,7 +20,7 @@ def test_round_trip(tok, text):
 def test_char_level_and_special_ids(tok):
   assert len(tok.encode('12345')) == 5  # digit-level
   assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 2, 3)
-  assert tok.vocab_size == 4 + len(set('0123456789+-*/=() abcdefghij>'))
+  assert tok.vocab_size == 4 + len(set('\n0123456789+-*/=() abcdefghij>'))  # + newline
 
 
 def test_batch_encode_decode_stops_at_eos(tok):
@@ -53,3 +53,7 @@ def test_model_vocab_too_small_is_explained(tok):
   with pytest.raises(ValueError, match='vocab_size'):
     tok.check_model_vocab(8)
   tok.check_model_vocab(tok.vocab_size)
+
+
+def test_newline_is_a_piece(tok):
+  assert tok.decode(tok.encode('1+1=2\n2+2=4\n')) == '1+1=2\n2+2=4\n'

@@ -8,12 +8,15 @@ which carries propagate. Difficulty d = digits of the longer operand; the other 
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 
 from si_jax.tasks.base import Problem, Task
 
 _MAX_ANSWER_CHARS = 4096  # Longer completions are junk: never parsed.
+_ADDITION = re.compile(r'^(\d{1,30})\+(\d{1,30})=$')
+_PRODUCT = re.compile(r'^(\d{1,30})\*(\d{1,30})=$')
 
 
 def _number(rng: np.random.Generator, digits: int) -> int:
@@ -39,13 +42,23 @@ class AdditionTask(Task):
       a, b = b, a
     if self.reverse:
       prompt = f'{str(a)[::-1]}+{str(b)[::-1]}='
-      answer = str(a + b).zfill(difficulty + 1)[::-1]
     else:
-      prompt, answer = f'{a}+{b}=', str(a + b)
-    return Problem(prompt=prompt, answer=answer, difficulty=difficulty)
+      prompt = f'{a}+{b}='
+    return Problem(prompt=prompt, answer=self.solve(prompt), difficulty=difficulty)
 
   def alphabet(self) -> str:
     return '0123456789+='
+
+  def solve(self, prompt: str) -> str | None:
+    """The sum; reversed: digits least-significant first, zero-padded to (longer operand + 1)."""
+    match = _ADDITION.match(prompt) if isinstance(prompt, str) else None
+    if match is None:
+      return None
+    a, b = match.groups()
+    if self.reverse:
+      digits = max(len(a), len(b))
+      return str(int(a[::-1]) + int(b[::-1])).zfill(digits + 1)[::-1]
+    return str(int(a) + int(b))
 
   def extract_answer(self, completion: str) -> str | None:
     answer = super().extract_answer(completion)
@@ -69,14 +82,21 @@ class MultiplicationTask(Task):
   def make_problem(self, rng: np.random.Generator, difficulty: int) -> Problem:
     a = _number(rng, difficulty)
     b = _number(rng, int(rng.integers(1, difficulty + 1)))
-    answer = str(a * b)
-    if self.cot:
-      partials = [str(a * int(d) * 10 ** i)[::-1] for i, d in enumerate(reversed(str(b)))]
-      answer = '+'.join(partials) + '#' + answer
-    return Problem(prompt=f'{a}*{b}=', answer=answer, difficulty=difficulty)
+    prompt = f'{a}*{b}='
+    return Problem(prompt=prompt, answer=self.solve(prompt), difficulty=difficulty)
 
   def alphabet(self) -> str:
     return '0123456789*=+#'
+
+  def solve(self, prompt: str) -> str | None:
+    match = _PRODUCT.match(prompt) if isinstance(prompt, str) else None
+    if match is None:
+      return None
+    a, b = map(int, match.groups())
+    if not self.cot:
+      return str(a * b)
+    partials = [str(a * int(d) * 10 ** i)[::-1] for i, d in enumerate(reversed(str(b)))]
+    return '+'.join(partials) + '#' + str(a * b)
 
   def extract_answer(self, completion: str) -> str | None:
     text = super().extract_answer(completion)

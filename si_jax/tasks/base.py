@@ -38,6 +38,16 @@ class Task(abc.ABC):
     rng = np.random.default_rng([seed, difficulty])
     return [self.make_problem(rng, difficulty) for _ in range(n)]
 
+  def solve(self, prompt: str) -> str | None:
+    """The task's own solver: the reference answer of any well-formed prompt, or None when the
+    prompt is malformed or the task has no solver. Labels synthetic problems (survey §2.4)."""
+    del prompt
+    return None
+
+  def is_well_formed(self, prompt: str) -> bool:
+    """Whether `prompt` is a problem of this task (filters model-written problems)."""
+    return self.solve(prompt) is not None
+
   def extract_answer(self, completion: str) -> str | None:
     """The answer part of a completion (here: all of it, stripped); None when there is none."""
     if not isinstance(completion, str):

@@ -12,6 +12,7 @@ import collections
 import dataclasses
 import fractions
 import operator
+import re
 
 import numpy as np
 
@@ -75,6 +76,12 @@ class CountdownTask(Task):
 
   def alphabet(self) -> str:
     return '0123456789+-*/() >:'
+
+  def is_well_formed(self, prompt: str) -> bool:
+    """No solver (search is exponential), but the format is checkable: `n1 n2 ...->target:`."""
+    match = re.match(r'^(\d{1,4}(?: \d{1,4}){1,9})->(\d{1,6}):$', prompt) \
+        if isinstance(prompt, str) else None
+    return match is not None and len(match.group(1).split()) in self.difficulties
 
   def verify(self, problem: Problem, completion: str) -> float:
     try:

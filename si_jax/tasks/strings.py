@@ -27,3 +27,11 @@ class StringTask(Task):
 
   def alphabet(self) -> str:
     return self.letters + '>'
+
+  def solve(self, prompt: str) -> str | None:
+    if not isinstance(prompt, str) or not prompt.endswith('>'):
+      return None
+    s = prompt[:-1]
+    if not self.min_len <= len(s) <= self.max_len or set(s) - set(self.letters):
+      return None
+    return s[::-1] if self.reverse else s
