@@ -2,4 +2,4 @@
 from si_jax.sampling.sampler import (FINISH_REASONS, SampleOutput, Sampler, bucket,
                                      greedy_generate, left_pad)
 from si_jax.sampling.strategies import Greedy, MinP, Strategy, Temperature, TopK, TopP
-from si_jax.sampling.scoring import score, score_tokens
+from si_jax.sampling.scoring import completion_logprobs, score, score_tokens

@@ -7,7 +7,6 @@ and the completion right-padded, exactly as the sampler lays them out, so a samp
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import jax
@@ -18,10 +17,12 @@ from si_jax import models
 from si_jax.sampling.sampler import bucket, left_pad
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def score_tokens(model: models.Model, params, prompt_BxP, prompt_mask_BxP, completion_BxN,
-                 completion_mask_BxN):
-  """(logprobs [B, N], entropies [B, N]) of each completion token; 0 where the mask is 0."""
+def completion_logprobs(model: models.Model, params, prompt_BxP, prompt_mask_BxP, completion_BxN,
+                        completion_mask_BxN):
+  """(logprobs [B, N], entropies [B, N]) of each completion token; 0 where the mask is 0.
+
+  Pure and differentiable: the policy-gradient and preference losses call it inside their steps.
+  """
   p = prompt_BxP.shape[1]
   tokens = jnp.concatenate([prompt_BxP, completion_BxN], axis=1)
   mask = jnp.concatenate([prompt_mask_BxP, completion_mask_BxN], axis=1)
@@ -33,6 +34,9 @@ def score_tokens(model: models.Model, params, prompt_BxP, prompt_mask_BxP, compl
   entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
   m = completion_mask_BxN.astype(jnp.float32)
   return logp * m, entropy * m
+
+
+score_tokens = jax.jit(completion_logprobs, static_argnums=0)
 
 
 def score(model: models.Model, params, prompts: Sequence[Sequence[int]],
