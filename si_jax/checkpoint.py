@@ -26,7 +26,9 @@ class Checkpointer:
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                              enable_async_checkpointing=async_save,
-                                             create=True))
+                                             create=True),
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'meta': ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -65,6 +67,32 @@ class Checkpointer:
       raise ValueError(f'checkpoint {self.directory}/{step} does not match the state being '
                        f'restored (different model, optimizer or train state?): {e}') from e
     return restored['state'], meta
+
+  def restore_params(self, abstract_params, param_shardings, step: int | None = None,
+                     model_cfg: models.TransformerConfig | None = None):
+    """Only the params of a checkpoint, whatever optimizer wrote it (warm starts, references).
+
+    The rest of the saved state is read replicated and dropped: fine at the scales where warm
+    starts from another run happen; params land directly on their shardings.
+    """
+    step = self._resolve(step)
+    meta = self.read_meta(step)
+    if model_cfg is not None and 'model_config' in meta:
+      check_model_config(meta['model_config'], model_cfg, f'{self.directory}/{step}')
+    saved = self.manager.item_metadata(step)['state']
+    rep = jax.sharding.NamedSharding(jax.tree.leaves(param_shardings)[0].mesh,
+                                     jax.sharding.PartitionSpec())
+    target = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=rep),
+                              saved[k]) for k in saved.keys() if k != 'params'}
+    target['params'] = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_params,
+        param_shardings)
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target)))
+    except (ValueError, KeyError, TypeError) as e:
+      raise ValueError(f'params in {self.directory}/{step} do not match the model: {e}') from e
+    return restored['state']['params'], meta
 
   def wait(self):
     self.manager.wait_until_finished()

@@ -8,32 +8,16 @@ one would); checkpoint; finish with greedy exact-match accuracy on held-out prob
 from __future__ import annotations
 
 import functools
-import os
 
 import numpy as np
 import tqdm
-from absl import logging
 
-from si_jax import checkpoint, metrics, models, sampling, sharding, tasks, train_state
+from si_jax import experiment, metrics, models, sampling, sharding, tasks
 from si_jax.data import batching
-from si_jax.optimization import optimizers, sft, train_step
+from si_jax.optimization import sft, train_step
 from si_jax.tokenizers import Tokenizer
 
 # Seeds: training batch s draws from [seed, 0, s], evaluation from [seed, 1]: never the same.
-
-
-def make_task(config) -> tasks.Task:
-  kwargs = {k: v for k, v in config.task.items() if k != 'name'}
-  return tasks.get_task(config.task.name, **kwargs)
-
-
-def load_or_train_tokenizer(task: tasks.Task, workdir: str) -> Tokenizer:
-  """The tokenizer saved in workdir (a resumed run must keep its ids), else a fresh char one."""
-  if os.path.exists(os.path.join(workdir, 'tokenizer.model')):
-    return Tokenizer.load(workdir)
-  tokenizer = Tokenizer.train([task.alphabet()], vocab_size=len(task.alphabet()) + 8)
-  tokenizer.save(workdir)
-  return tokenizer
 
 
 def sample_problems(task: tasks.Task, seed, n: int) -> list[tasks.Problem]:
@@ -57,39 +41,16 @@ def exact_match(model, params, tokenizer: Tokenizer, task: tasks.Task,
 
 def run(config) -> dict:
   """Trains per `config` (see configs/sft_reverse.py) and returns the final metrics."""
-  # --- Setup: mesh, task, tokenizer ---
-  sharding.maybe_initialize_distributed()
-  mesh = sharding.make_mesh(config.mesh)
-  model_cfg = models.TransformerConfig.from_config_dict(config.model)
-  task = make_task(config)
-  workdir = config.workdir
-  os.makedirs(workdir, exist_ok=True)
-  tokenizer = load_or_train_tokenizer(task, workdir)
-  tokenizer.check_model_vocab(model_cfg.vocab_size)
-
-  # --- Create model & optimizer, born sharded; resume if a checkpoint exists ---
-  tx, schedule = optimizers.make_optimizer(config.optimizer, config.train.num_steps)
-  model, state, shardings = train_state.create(model_cfg, tx, mesh, config.seed)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                 config.checkpoint.max_to_keep, config.checkpoint.async_save)
-  if config.checkpoint.resume and ckpt.latest_step() is not None:
-    abstract, _ = train_state.state_shardings(model_cfg, tx, mesh)
-    state, saved_meta = ckpt.restore(abstract, shardings, model_cfg=model_cfg)
-    saved_vocab = saved_meta.get('tokenizer_vocab_size', tokenizer.vocab_size)
-    if saved_vocab != tokenizer.vocab_size:
-      raise ValueError(f'checkpoint in {workdir} was trained with a {saved_vocab}-piece tokenizer '
-                       f'but {workdir}/tokenizer.model has {tokenizer.vocab_size}: restore the '
-                       f'tokenizer saved with the run, or use a fresh config.workdir')
-    logging.info('Resumed from step %d', int(state.step))
-  meta = {'model_config': checkpoint.model_config_dict(model_cfg),
-          'tokenizer_vocab_size': tokenizer.vocab_size}
+  # --- Setup: mesh, task, tokenizer, sharded state (resumed or warm-started) ---
+  exp = experiment.setup(config, config.train.num_steps)
+  model, tokenizer, task, mesh, state = exp.model, exp.tokenizer, exp.task, exp.mesh, exp.state
   print(f'Model: {models.param_count(state.params):,} parameters; mesh {dict(mesh.shape)}')
 
   # --- Train ---
   step_fn = train_step.jit_train_step(
-      train_step.make_train_step(functools.partial(sft.sft_loss, model), tx, schedule,
-                                 config.optimizer.grad_accum_steps), shardings, mesh)
-  writer = metrics.JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))
+      train_step.make_train_step(functools.partial(sft.sft_loss, model), exp.tx, exp.schedule,
+                                 config.optimizer.grad_accum_steps), exp.shardings, mesh)
+  writer, ckpt = exp.writer, exp.ckpt
   first_step, num_steps = int(state.step), config.train.num_steps
   try:  # Close (wait for pending async saves) even when interrupted.
     bar = tqdm.trange(first_step, num_steps, initial=first_step, total=num_steps, desc='sft')
@@ -104,7 +65,8 @@ def run(config) -> dict:
         writer.write(step + 1, logged)
         bar.set_postfix(loss=f"{logged['loss']:.4f}", acc=f"{logged['token_accuracy']:.3f}")
       if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == num_steps:
-        ckpt.save(step + 1, state, meta)
+        exp.state = state
+        exp.save(step + 1)
   finally:
     ckpt.close()
 

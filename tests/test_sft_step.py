@@ -82,8 +82,10 @@ def test_grad_accumulation_equals_full_batch(setup, reference):
 
 def test_loss_decreases_and_metrics_present(setup):
   model_cfg, opt_cfg, batches = setup
-  _, losses = _run(model_cfg, opt_cfg, batches * 3, {}, devices=jax.devices()[:1])
-  assert losses[-1] < losses[0] * 0.8
+  opt_cfg = ml_collections.ConfigDict(dict(opt_cfg))
+  opt_cfg.learning_rate = 3e-3
+  _, losses = _run(model_cfg, opt_cfg, batches * 4, {}, devices=jax.devices()[:1])
+  assert np.mean(losses[-3:]) < losses[0] * 0.8, losses
 
 
 def test_tiny_model_learns_string_reversal(tmp_path):

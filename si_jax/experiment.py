@@ -1,0 +1,108 @@
+"""What every loop sets up first: mesh, task, tokenizer, sharded state, checkpoints.
+
+`setup(config, total_steps)` returns these as plain fields; the loops (si_jax/train.py and the
+GRO paradigms in si_jax/optimization/) stay in charge of their own control flow. Start-up order:
+  1. resume: the run's own workdir holds a checkpoint -> state, tokenizer and metadata from it;
+  2. warm start: `config.init_from` names an earlier run's workdir -> its tokenizer and params,
+     with a fresh optimizer (how GRO loops start from an SFT model);
+  3. otherwise a fresh model and a char tokenizer trained on the task's alphabet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import optax
+from absl import logging
+from jax.sharding import Mesh
+
+from si_jax import checkpoint, metrics, models, sharding, tasks, train_state
+from si_jax.optimization import optimizers
+from si_jax.tokenizers import Tokenizer
+
+
+@dataclasses.dataclass
+class Experiment:
+  config: Any
+  mesh: Mesh
+  task: tasks.Task
+  tokenizer: Tokenizer
+  model: models.Model
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  state: train_state.TrainState
+  shardings: train_state.TrainState
+  ckpt: checkpoint.Checkpointer
+  writer: metrics.JsonlWriter
+  meta: dict[str, Any]  # Written with every checkpoint; the loop adds its own progress to it.
+  resumed: bool
+
+  def save(self, step: int, **progress):
+    """Checkpoints the state with the metadata plus this loop's progress (round, cursors...)."""
+    self.meta.update(progress)
+    self.ckpt.save(step, self.state, self.meta, force=True)
+
+
+def make_task(config) -> tasks.Task:
+  kwargs = {k: v for k, v in config.task.items() if k != 'name'}
+  return tasks.get_task(config.task.name, **kwargs)
+
+
+def _tokenizer(task: tasks.Task, workdir: str, init_from: str) -> Tokenizer:
+  """The run's own tokenizer, else the warm start's, else a fresh char one (saved either way)."""
+  for directory in (workdir, init_from):
+    if directory and os.path.exists(os.path.join(directory, 'tokenizer.model')):
+      tokenizer = Tokenizer.load(directory)
+      break
+  else:
+    tokenizer = Tokenizer.train([task.alphabet()], vocab_size=len(task.alphabet()) + 8)
+  tokenizer.save(workdir)
+  return tokenizer
+
+
+def setup(config, total_steps: int) -> Experiment:
+  """Builds everything a loop needs from `config` (see configs/base.py)."""
+  sharding.maybe_initialize_distributed()
+  mesh = sharding.make_mesh(config.mesh)
+  model_cfg = models.TransformerConfig.from_config_dict(config.model)
+  task = make_task(config)
+  workdir = config.workdir
+  init_from = config.get('init_from', '')
+  os.makedirs(workdir, exist_ok=True)
+  tokenizer = _tokenizer(task, workdir, init_from)
+  tokenizer.check_model_vocab(model_cfg.vocab_size)
+
+  tx, schedule = optimizers.make_optimizer(config.optimizer, total_steps)
+  model, state, shardings = train_state.create(model_cfg, tx, mesh, config.seed)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                 config.checkpoint.max_to_keep, config.checkpoint.async_save)
+  meta = {'model_config': checkpoint.model_config_dict(model_cfg),
+          'tokenizer_vocab_size': tokenizer.vocab_size}
+  resumed = config.checkpoint.resume and ckpt.latest_step() is not None
+  if resumed:
+    abstract, _ = train_state.state_shardings(model_cfg, tx, mesh)
+    state, saved_meta = ckpt.restore(abstract, shardings, model_cfg=model_cfg)
+    _check_tokenizer(saved_meta, tokenizer, workdir)
+    meta.update({k: v for k, v in saved_meta.items() if k not in meta})
+    logging.info('Resumed from step %d', int(state.step))
+  elif init_from:
+    source = checkpoint.Checkpointer(os.path.join(init_from, 'checkpoints'))
+    _, abstract_params = models.abstract_model(model_cfg)
+    params, saved_meta = source.restore_params(abstract_params, shardings.params,
+                                               model_cfg=model_cfg)
+    _check_tokenizer(saved_meta, tokenizer, init_from)
+    state = state.replace(params=params)
+    logging.info('Warm start from %s', init_from)
+  writer = metrics.JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))
+  return Experiment(config, mesh, task, tokenizer, model, tx, schedule, state, shardings, ckpt,
+                    writer, meta, resumed)
+
+
+def _check_tokenizer(saved_meta: dict, tokenizer: Tokenizer, where: str):
+  saved = saved_meta.get('tokenizer_vocab_size', tokenizer.vocab_size)
+  if saved != tokenizer.vocab_size:
+    raise ValueError(f'checkpoint in {where} was trained with a {saved}-piece tokenizer but '
+                     f'the tokenizer found has {tokenizer.vocab_size}: restore the tokenizer '
+                     f'saved with the run, or use a fresh config.workdir')
