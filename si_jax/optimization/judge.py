@@ -1,0 +1,141 @@
+"""The model as its own judge: a reward read off its next-token verdict (survey §4, model-based
+reward; Self-Rewarding LMs, Yuan et al. 2024).
+
+The judge prompt is the problem and a candidate answer filled into a template that ends where
+the verdict goes; the reward is the model's own preference for the `yes` token over the `no`
+token there:  s = p(yes) / (p(yes) + p(no)) = σ(z_yes - z_no)  with z the last-position logits.
+Nothing but the two verdict tokens matters, so the judge needs no calibration of the rest of
+the vocabulary.
+
+Our tokenizers are char-level over small alphabets: train the tokenizer on the task's alphabet
+plus `judge_alphabet(template)` and the `yes` / `no` characters, or the template encodes as unk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import string
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from si_jax import models
+from si_jax.sampling import bucket, left_pad
+from si_jax.tokenizers import Tokenizer
+
+# The verdict is the next token after '?'; e.g. yes='y', no='n'.
+JUDGE_TEMPLATE = '{prompt}{completion}|ok?'
+
+
+def judge_alphabet(template: str = JUDGE_TEMPLATE) -> str:
+  """The template's literal characters, in order, each once (add them to the tokenizer)."""
+  literal = ''.join(text for text, _, _, _ in string.Formatter().parse(template))
+  return ''.join(dict.fromkeys(literal))
+
+
+def _verdict_token_ids(tokenizer: Tokenizer, template: str, yes: str, no: str) -> tuple[int, int]:
+  """Ids of the single-token verdicts; fails clearly on a tokenizer that cannot judge."""
+  ids = {}
+  for name, text in (('yes', yes), ('no', no)):
+    encoded = tokenizer.encode(text)
+    if len(encoded) != 1 or encoded[0] == tokenizer.unk_id:
+      raise ValueError(f'judge: {name}={text!r} must be exactly one known token of the tokenizer, '
+                       f'it encodes as {encoded}')
+    ids[name] = encoded[0]
+  if ids['yes'] == ids['no']:
+    raise ValueError(f'judge: yes={yes!r} and no={no!r} are the same token')
+  missing = [c for c in judge_alphabet(template) if tokenizer.unk_id in tokenizer.encode(c)]
+  if missing:
+    raise ValueError(f'judge: template characters {missing} are not in the tokenizer vocab; train '
+                     f'it with judge_alphabet(template) included')
+  return ids['yes'], ids['no']
+
+
+def _verdict_probs(model: models.Model, params, tokens_BxT, mask_BxT, yes_id, no_id):
+  """σ(z_yes - z_no) at the last position of left-padded judge prompts: [B] float32."""
+  mask = mask_BxT.astype(jnp.int32)
+  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+  logits_BxV = models.forward(model, params, tokens_BxT, mask, positions)[:, -1]
+  return jax.nn.sigmoid(logits_BxV[:, yes_id] - logits_BxV[:, no_id])
+
+
+# The model is static; the verdict ids are traced, so one program serves any (yes, no) pair.
+_verdict_probs_jit = jax.jit(_verdict_probs, static_argnums=0)
+
+
+def verdict_scores(model: models.Model, params, tokenizer: Tokenizer, prompts: Sequence[str],
+                   completions: Sequence[str], *, yes: str, no: str,
+                   template: str = JUDGE_TEMPLATE) -> np.ndarray:
+  """p(yes) / (p(yes) + p(no)) of the verdict after each filled template: [B] in [0, 1].
+
+  One jitted forward; the length and the batch are bucketed (padding rows are dropped), so a
+  loop of calls compiles a handful of programs.
+  """
+  if len(prompts) != len(completions) or not prompts:
+    raise ValueError(f'verdict_scores: need as many prompts ({len(prompts)}) as completions '
+                     f'({len(completions)}), at least one')
+  yes_id, no_id = _verdict_token_ids(tokenizer, template, yes, no)
+  tokenizer.check_model_vocab(model.cfg.vocab_size)
+  texts = [template.format(prompt=p, completion=c) for p, c in zip(prompts, completions)]
+  ids = tokenizer.encode_batch(texts, bos=True)
+  b = len(ids)
+  ids += [[tokenizer.bos_id]] * (bucket(b, minimum=1) - b)
+  tokens, mask = left_pad(ids, bucket(max(len(x) for x in ids)))
+  probs = _verdict_probs_jit(model, params, tokens, mask, jnp.int32(yes_id), jnp.int32(no_id))
+  return np.asarray(probs, np.float32)[:b]
+
+
+@dataclasses.dataclass
+class SelfJudge:
+  """A reward callable `fn(prompts, completions, **fields) -> [B] rewards` backed by the model.
+
+  The judge is the policy itself, so its params change every round: the loop assigns
+  `judge.params = state.params` before acquiring; everything else is fixed at construction.
+  With `threshold` the reward is the verdict 1.0 / 0.0 (s >= threshold); without, s itself.
+  """
+  model: models.Model
+  params: Any
+  tokenizer: Tokenizer
+  yes: str
+  no: str
+  template: str = JUDGE_TEMPLATE
+  threshold: float | None = None
+
+  def __post_init__(self):
+    _verdict_token_ids(self.tokenizer, self.template, self.yes, self.no)  # Fail at build time.
+
+  def __call__(self, prompts: list[str], completions: list[str], **fields) -> np.ndarray:
+    del fields  # The judge sees only the text, never the reference answer.
+    scores = verdict_scores(self.model, self.params, self.tokenizer, prompts, completions,
+                            yes=self.yes, no=self.no, template=self.template)
+    if self.threshold is None:
+      return scores
+    return (scores >= self.threshold).astype(np.float32)
+
+
+def judge_reward(model: models.Model, params, tokenizer: Tokenizer, *, yes: str, no: str,
+                 template: str = JUDGE_TEMPLATE, threshold: float | None = None) -> SelfJudge:
+  """The model-as-judge reward; update its `params` attribute as the policy trains."""
+  return SelfJudge(model, params, tokenizer, yes, no, template, threshold)
+
+
+def agreement(judge_scores, verified_rewards, threshold: float = 0.5) -> dict[str, float]:
+  """How well the judge tracks the verifier (monitors judge drift / reward hacking).
+
+  The judge says "correct" when its score >= threshold; the verifier when its reward >= 0.5.
+  precision = P(verified | judged correct), recall = P(judged correct | verified); NaN when
+  their denominator is empty.
+  """
+  judged = np.asarray(judge_scores, np.float64).reshape(-1) >= threshold
+  verified = np.asarray(verified_rewards, np.float64).reshape(-1) >= 0.5
+  if judged.shape != verified.shape:
+    raise ValueError(f'agreement: {judged.size} judge scores vs {verified.size} verified rewards')
+  both = float(np.sum(judged & verified))
+  ratio = lambda num, den: num / den if den else float('nan')
+  return {'accuracy': ratio(float(np.sum(judged == verified)), judged.size),
+          'precision': ratio(both, float(judged.sum())),
+          'recall': ratio(both, float(verified.sum())),
+          'n': judged.size}
