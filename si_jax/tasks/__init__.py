@@ -1,6 +1,7 @@
 """Verifiable task environments (survey §2.3): problems, prompts, verifiers."""
 from si_jax.tasks.arithmetic import AdditionTask, MultiplicationTask
 from si_jax.tasks.base import Problem, Task
+from si_jax.tasks.code import CodeTask
 from si_jax.tasks.countdown import CountdownTask
 from si_jax.tasks.strings import StringTask
 
@@ -12,6 +13,7 @@ _TASKS = {
     'multiplication': lambda **kw: MultiplicationTask(cot=False, **kw),
     'multiplication_cot': lambda **kw: MultiplicationTask(cot=True, **kw),
     'countdown': CountdownTask,
+    'code': CodeTask,
 }
 
 
