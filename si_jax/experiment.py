@@ -88,16 +88,44 @@ def setup(config, total_steps: int) -> Experiment:
     meta.update({k: v for k, v in saved_meta.items() if k not in meta})
     logging.info('Resumed from step %d', int(state.step))
   elif init_from:
-    source = checkpoint.Checkpointer(os.path.join(init_from, 'checkpoints'))
-    _, abstract_params = models.abstract_model(model_cfg)
-    params, saved_meta = source.restore_params(abstract_params, shardings.params,
-                                               model_cfg=model_cfg)
+    params, saved_meta = load_params(init_from, model_cfg, shardings.params, with_meta=True)
     _check_tokenizer(saved_meta, tokenizer, init_from)
     state = state.replace(params=params)
     logging.info('Warm start from %s', init_from)
   writer = metrics.JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))
   return Experiment(config, mesh, task, tokenizer, model, tx, schedule, state, shardings, ckpt,
                     writer, meta, resumed)
+
+
+def warm_start(config) -> str:
+  """The workdir to warm-start from: config.init_from, else a base model trained here.
+
+  The base phase is ordinary SFT (si_jax.train) on labelled problems per config.train, into
+  <workdir>/base; it resumes like any run, so a restarted GRO job does not retrain it.
+  """
+  if config.init_from:
+    return config.init_from
+  from si_jax import train  # pylint: disable=g-import-not-at-top  (train imports this module)
+  base_config = config.copy_and_resolve_references()
+  with base_config.unlocked():
+    base_config.job = 'sft'
+    base_config.workdir = os.path.join(config.workdir, 'base')
+    base_config.optimizer.schedule = 'cosine'
+    base_config.optimizer.learning_rate = config.get('base_learning_rate',
+                                                     config.optimizer.learning_rate)
+    base_config.optimizer.warmup_steps = max(1, config.train.num_steps // 10)
+  train.run(base_config)
+  return base_config.workdir
+
+
+def load_params(workdir: str, model_cfg: models.TransformerConfig, param_shardings,
+                with_meta: bool = False):
+  """The latest params of the run in `workdir` (a warm start, or a frozen reference model)."""
+  source = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'))
+  _, abstract_params = models.abstract_model(model_cfg)
+  params, meta = source.restore_params(abstract_params, param_shardings, model_cfg=model_cfg)
+  source.close()
+  return (params, meta) if with_meta else params
 
 
 def _check_tokenizer(saved_meta: dict, tokenizer: Tokenizer, where: str):

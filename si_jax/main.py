@@ -19,10 +19,15 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:  # orbax logs every save at INFO; keep the bar readable.
     logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
-  from si_jax import train  # pylint: disable=g-import-not-at-top
-  jobs = {'sft': train.run}
+  # pylint: disable=g-import-not-at-top
+  from si_jax import experiment, train
+  from si_jax.optimization import online_rl
+  jobs = {'sft': train.run, 'grpo': online_rl.run}
   if config.job not in jobs:
     raise app.UsageError(f'config.job={config.job!r} is not one of {sorted(jobs)}')
+  if config.job != 'sft':  # GRO jobs start from a base model: given, or trained first.
+    with config.unlocked():
+      config.init_from = experiment.warm_start(config)
   jobs[config.job](config)
 
 

@@ -9,34 +9,14 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
 import tqdm
 
-from si_jax import experiment, metrics, models, sampling, sharding, tasks
+from si_jax import experiment, metrics, models, sharding
 from si_jax.data import batching
+from si_jax.evaluation import accuracy
 from si_jax.optimization import sft, train_step
-from si_jax.tokenizers import Tokenizer
 
 # Seeds: training batch s draws from [seed, 0, s], evaluation from [seed, 1]: never the same.
-
-
-def sample_problems(task: tasks.Task, seed, n: int) -> list[tasks.Problem]:
-  """n problems with difficulties drawn uniformly from the task's levels."""
-  rng = np.random.default_rng(seed)
-  return [task.make_problem(rng, int(rng.choice(task.difficulties))) for _ in range(n)]
-
-
-def exact_match(model, params, tokenizer: Tokenizer, task: tasks.Task,
-                problems: list[tasks.Problem], max_new_tokens: int, batch_size: int = 256):
-  """Greedy accuracy (mean verifier reward) and the completions."""
-  completions = []
-  for i in range(0, len(problems), batch_size):
-    chunk = problems[i:i + batch_size]
-    prompts = tokenizer.encode_batch([p.prompt for p in chunk], bos=True)
-    out, _ = sampling.greedy_generate(model, params, prompts, max_new_tokens, tokenizer.eos_id)
-    completions += tokenizer.decode_batch(out)
-  rewards = [task.verify(p, c) for p, c in zip(problems, completions)]
-  return float(np.mean(rewards)), completions
 
 
 def run(config) -> dict:
@@ -55,7 +35,7 @@ def run(config) -> dict:
   try:  # Close (wait for pending async saves) even when interrupted.
     bar = tqdm.trange(first_step, num_steps, initial=first_step, total=num_steps, desc='sft')
     for step in bar:
-      problems = sample_problems(task, seed=[config.seed, 0, step],
+      problems = accuracy.sample_problems(task, seed=[config.seed, 0, step],
                                  n=config.train.batch_size)
       batch = batching.sft_batch(tokenizer, [p.prompt for p in problems],
                                  [p.answer for p in problems], config.data.seq_len)
@@ -71,11 +51,11 @@ def run(config) -> dict:
     ckpt.close()
 
   # --- Evaluate: greedy exact match on held-out problems ---
-  eval_problems = sample_problems(task, [config.seed, 1], config.train.eval_size)
-  accuracy, _ = exact_match(model, state.params, tokenizer, task, eval_problems,
+  eval_problems = accuracy.sample_problems(task, [config.seed, 1], config.train.eval_size)
+  exact, _ = accuracy.greedy_accuracy(model, state.params, tokenizer, task, eval_problems,
                             max_new_tokens=config.data.seq_len)
-  result = {'step': int(state.step), 'exact_match': accuracy}
-  writer.write(int(state.step), {'eval_exact_match': accuracy})
+  result = {'step': int(state.step), 'exact_match': exact}
+  writer.write(int(state.step), {'eval_exact_match': exact})
   print(f'Greedy exact match on {len(eval_problems)} held-out {task.name} problems: '
-        f'{accuracy:.1%}')
+        f'{exact:.1%}')
   return result
