@@ -12,6 +12,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0  # Seeds params, data order and sampling.
   c.workdir = '/tmp/si_jax/run'  # Checkpoints, tokenizer and metrics go here.
   c.init_from = ''  # Warm start: an earlier run's workdir (its tokenizer and params).
+  c.tokenizer_extra_chars = ''  # Characters beyond the task's alphabet (e.g. a judge template's).
 
   # --- Model: si_jax.models.TransformerConfig fields (REF-25M, Llama-style, by default). ---
   c.model = ml_collections.ConfigDict()

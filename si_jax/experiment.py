@@ -50,14 +50,15 @@ def make_task(config) -> tasks.Task:
   return tasks.get_task(config.task.name, **kwargs)
 
 
-def _tokenizer(task: tasks.Task, workdir: str, init_from: str) -> Tokenizer:
+def _tokenizer(task: tasks.Task, workdir: str, init_from: str, extra_chars: str) -> Tokenizer:
   """The run's own tokenizer, else the warm start's, else a fresh char one (saved either way)."""
   for directory in (workdir, init_from):
     if directory and os.path.exists(os.path.join(directory, 'tokenizer.model')):
       tokenizer = Tokenizer.load(directory)
       break
   else:
-    tokenizer = Tokenizer.train([task.alphabet()], vocab_size=len(task.alphabet()) + 8)
+    chars = task.alphabet() + extra_chars
+    tokenizer = Tokenizer.train([chars], vocab_size=len(chars) + 8)
   tokenizer.save(workdir)
   return tokenizer
 
@@ -71,7 +72,7 @@ def setup(config, total_steps: int) -> Experiment:
   workdir = config.workdir
   init_from = config.get('init_from', '')
   os.makedirs(workdir, exist_ok=True)
-  tokenizer = _tokenizer(task, workdir, init_from)
+  tokenizer = _tokenizer(task, workdir, init_from, config.get('tokenizer_extra_chars', ''))
   tokenizer.check_model_vocab(model_cfg.vocab_size)
 
   tx, schedule = optimizers.make_optimizer(config.optimizer, total_steps)

@@ -14,21 +14,26 @@ _CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Experiment
                                           lock_config=True)
 
 
-def main(argv):
-  del argv
-  if not flags.FLAGS['verbosity'].present:  # orbax logs every save at INFO; keep the bar readable.
-    logging.set_verbosity(logging.WARNING)
-  config = _CONFIG.value
+def run(config):
+  """Runs `config.job`; GRO jobs first get a base model (config.init_from, or trained here)."""
   # pylint: disable=g-import-not-at-top
   from si_jax import experiment, train
-  from si_jax.optimization import online_rl
-  jobs = {'sft': train.run, 'grpo': online_rl.run}
+  from si_jax.optimization import online_rl, rejection_sampling, self_play, self_rewarding
+  jobs = {'sft': train.run, 'grpo': online_rl.run, 'rejection_sampling': rejection_sampling.run,
+          'self_rewarding': self_rewarding.run, 'spin': self_play.run}
   if config.job not in jobs:
     raise app.UsageError(f'config.job={config.job!r} is not one of {sorted(jobs)}')
   if config.job != 'sft':  # GRO jobs start from a base model: given, or trained first.
     with config.unlocked():
       config.init_from = experiment.warm_start(config)
-  jobs[config.job](config)
+  return jobs[config.job](config)
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS['verbosity'].present:  # orbax logs every save at INFO; keep the bar readable.
+    logging.set_verbosity(logging.WARNING)
+  run(_CONFIG.value)
 
 
 if __name__ == '__main__':

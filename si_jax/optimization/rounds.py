@@ -1,0 +1,96 @@
+"""Pieces shared by the round-based GRO paradigms (rejection sampling, self-rewarding, SPIN).
+
+Each paradigm is a loop over rounds: generate -> reward -> build a dataset -> a few update steps.
+The update steps come from here: SFT on (prompt, completion) examples, or a preference loss on
+(prompt, chosen, rejected) pairs with a frozen reference scored once per round.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+
+from si_jax import metrics, sampling, sharding
+from si_jax.data import batching
+from si_jax.experiment import Experiment
+from si_jax.optimization import preference, rollout, sft, train_step
+
+
+def sft_step(exp: Experiment):
+  return train_step.jit_train_step(train_step.make_train_step(
+      functools.partial(sft.sft_loss, exp.model), exp.tx, exp.schedule,
+      exp.config.optimizer.grad_accum_steps), exp.shardings, exp.mesh)
+
+
+def preference_step(exp: Experiment, cfg: preference.PreferenceConfig):
+  return train_step.jit_train_step(train_step.make_train_step(
+      functools.partial(preference.preference_loss, exp.model, cfg=cfg), exp.tx, exp.schedule,
+      exp.config.optimizer.grad_accum_steps), exp.shardings, exp.mesh)
+
+
+def _batches(n: int, batch_size: int, num_steps: int, seed: int, max_epochs: float):
+  """Index batches cycling over n examples in a fresh seeded order each pass, stopping after
+  max_epochs passes however many steps were asked for: a round with a handful of examples must
+  not repeat them for dozens of steps (it overfits and wrecks the model)."""
+  num_steps = min(num_steps, max(1, int(np.ceil(n * max_epochs / batch_size))))
+  rng = np.random.default_rng(seed)
+  order = np.array([], np.int64)
+  for _ in range(num_steps):
+    while len(order) < batch_size:
+      order = np.concatenate([order, rng.permutation(n)])
+    yield order[:batch_size]
+    order = order[batch_size:]
+
+
+def train_sft(exp: Experiment, step_fn, prompts: list[str], completions: list[str], *,
+              num_steps: int, batch_size: int, seed: int, max_epochs: float) -> dict:
+  """num_steps SFT updates on the examples; updates exp.state; returns the last metrics."""
+  state, last = exp.state, {}
+  for idx in _batches(len(prompts), batch_size, num_steps, seed, max_epochs):
+    batch = batching.sft_batch(exp.tokenizer, [prompts[i] for i in idx],
+                               [completions[i] for i in idx], exp.config.data.seq_len)
+    state, last = step_fn(state, sharding.shard_batch(batch, exp.mesh))
+  exp.state = state
+  return metrics.to_python(last) if last else {}
+
+
+def pair_arrays(tokenizer, prompts, chosen, rejected, width: int) -> dict[str, np.ndarray]:
+  """The preference batch layout: left-padded prompt, right-padded chosen/rejected (+ eos)."""
+  prompt, prompt_mask = rollout.prompt_arrays(tokenizer, list(prompts))
+  out = {'prompt': prompt, 'prompt_mask': prompt_mask}
+  for name, texts in (('chosen', chosen), ('rejected', rejected)):
+    ids = [i[:width] for i in tokenizer.encode_batch(list(texts), eos=True)]
+    tokens, mask = np.zeros((len(ids), width), np.int32), np.zeros((len(ids), width), bool)
+    for row, seq in enumerate(ids):
+      tokens[row, :len(seq)], mask[row, :len(seq)] = seq, True
+    out[f'{name}_completion'], out[f'{name}_mask'] = tokens, mask
+  return out
+
+
+def train_preference(exp: Experiment, step_fn, cfg: preference.PreferenceConfig, ref_params,
+                     prompts, chosen, rejected, *, width: int, num_steps: int, batch_size: int,
+                     seed: int, max_epochs: float) -> dict:
+  """Preference updates on the pairs; the reference is scored once, before the first step.
+
+  width: completion tokens kept (eos included); pairs are padded or cut to it.
+  """
+  arrays = pair_arrays(exp.tokenizer, prompts, chosen, rejected, width)
+  if cfg.needs_reference:
+    score = functools.partial(sampling.score_tokens, exp.model, ref_params, arrays['prompt'],
+                              arrays['prompt_mask'])
+    for name in ('chosen', 'rejected'):
+      logp, _ = score(arrays[f'{name}_completion'], arrays[f'{name}_mask'])
+      arrays[f'ref_{name}'] = np.asarray(logp).sum(axis=1)
+  state, last = exp.state, {}
+  for idx in _batches(len(prompts), batch_size, num_steps, seed, max_epochs):
+    batch = {k: v[idx] for k, v in arrays.items()}
+    state, last = step_fn(state, sharding.shard_batch(batch, exp.mesh))
+  exp.state = state
+  return metrics.to_python(last) if last else {}
+
+
+def frozen_copy(params):
+  """A copy of the params that later donated updates cannot overwrite (the round's reference)."""
+  return jax.tree.map(lambda x: x.copy(), params)

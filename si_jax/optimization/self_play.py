@@ -1,0 +1,62 @@
+"""Self-play fine-tuning, SPIN (Chen et al. 2024, 2401.01335; survey §4 self-play paradigm).
+
+  python -m si_jax.main --config=configs/spin.py
+
+The model plays against its previous self: each round, for problems of the SFT data (prompt and
+reference answer), the previous iteration's model writes its own answer; the new model learns to
+prefer the reference answer over that self-generated one with SPIN's logistic loss, the previous
+iteration serving as the reference model. It stops gaining once its answers are
+indistinguishable from the reference ones.
+"""
+
+from __future__ import annotations
+
+from si_jax import experiment, sampling
+from si_jax.evaluation import accuracy
+from si_jax.optimization import preference, rollout, rounds
+
+
+def run(config) -> dict:
+  gro = config.gro
+  pref_cfg = preference.PreferenceConfig(loss='spin', beta=gro.beta)
+  exp = experiment.setup(config, gro.num_rounds * gro.spin_steps)
+  sampler = sampling.Sampler(exp.model, exp.mesh)
+  spin_step = rounds.preference_step(exp, pref_cfg)
+  eval_problems = accuracy.sample_problems(exp.task, [config.seed, 1], config.train.eval_size)
+  strategy = (sampling.Greedy() if gro.temperature == 0
+              else sampling.Temperature(gro.temperature))
+  start = exp.meta.get('round', 0) if exp.resumed else 0
+  result = {}
+  try:
+    if start == 0:
+      result['round_0_accuracy'], _ = accuracy.greedy_accuracy(
+          exp.model, exp.state.params, exp.tokenizer, exp.task, eval_problems, gro.max_new_tokens)
+    for r in range(start, gro.num_rounds):
+      # --- The previous iteration answers the SFT data's prompts ---
+      previous = rounds.frozen_copy(exp.state.params)
+      problems = accuracy.sample_problems(exp.task, [config.seed, 0, 10_000 + r],
+                                          gro.problems_per_round)
+      ro = rollout.rollout(sampler, previous, exp.tokenizer, problems, group_size=1,
+                           max_new_tokens=gro.max_new_tokens, strategy=strategy,
+                           seed=config.seed * 7919 + r)
+      pairs = [(p.prompt, p.answer, own) for p, own in zip(problems, ro.completions)
+               if own != p.answer]
+      logged = {'pairs': len(pairs), 'own_equals_reference': 1 - len(pairs) / len(problems)}
+      # --- Optimize: prefer the reference answer over the previous self's ---
+      if pairs:
+        p, ref_answers, own = map(list, zip(*pairs))
+        logged.update(rounds.train_preference(
+            exp, spin_step, pref_cfg, previous, p, ref_answers, own,
+            width=gro.max_new_tokens + 1, num_steps=gro.spin_steps, batch_size=gro.batch_size,
+            seed=config.seed * 31 + r, max_epochs=gro.max_epochs))
+      logged['eval_accuracy'], _ = accuracy.greedy_accuracy(
+          exp.model, exp.state.params, exp.tokenizer, exp.task, eval_problems, gro.max_new_tokens)
+      result[f'round_{r + 1}_accuracy'] = logged['eval_accuracy']
+      result[f'round_{r + 1}_margin'] = logged.get('margin', 0.0)
+      exp.writer.write(r + 1, logged)
+      print(f"round {r + 1}: {len(pairs)} pairs, held-out greedy accuracy "
+            f"{logged['eval_accuracy']:.1%}")
+      exp.save(r + 1, round=r + 1)  # Checkpoints are indexed by round (steps may not move).
+  finally:
+    exp.ckpt.close()
+  return result
