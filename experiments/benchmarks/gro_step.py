@@ -1,0 +1,83 @@
+"""GRO-STEP benchmark (shared/BENCHMARKS.md): one GRPO iteration on REF-25M.
+
+  python experiments/benchmarks/gro_step.py [--repeats=3]
+
+16 prompts x a group of 8 samples, 32 prompt tokens, exactly 64 completion tokens, a frozen
+reference copy: generation + reference scoring + one optimizer step. Reports samples/s, the time
+split, and the update's model FLOP utilisation (6 * params * tokens / time / matmul peak).
+"""
+
+import functools
+import statistics
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from configs import base
+from experiments.benchmarks.train_step import matmul_peak_flops
+from si_jax import models, sampling, sharding, train_state
+from si_jax.optimization import grpo, optimizers, train_step
+
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed iterations (median reported).')
+PROMPTS, GROUP, PROMPT_LEN, NEW = 16, 8, 32, 64
+
+
+def main(_):
+  config = base.get_config()
+  cfg = models.TransformerConfig.from_config_dict(config.model)
+  mesh = sharding.make_mesh({'fsdp': -1})
+  tx, schedule = optimizers.make_optimizer(config.optimizer, 100)
+  model, state, shardings = train_state.create(cfg, tx, mesh, seed=0)
+  reference = jax.tree.map(lambda x: x.copy(), state.params)
+  grpo_cfg = grpo.GRPOConfig(beta=0.04, max_completion_len=NEW)
+  step = train_step.jit_train_step(train_step.make_train_step(
+      functools.partial(grpo.grpo_loss, model, cfg=grpo_cfg), tx, schedule), shardings, mesh)
+  sampler = sampling.Sampler(model, mesh)
+  rng = np.random.default_rng(0)
+  prompts = rng.integers(4, cfg.vocab_size, (PROMPTS, PROMPT_LEN)).tolist()
+  prompt, prompt_mask = sampling.left_pad(prompts, PROMPT_LEN)
+  rows = PROMPTS * GROUP
+
+  def iteration(state):
+    times = {}
+    t = time.perf_counter()
+    out = sampler.sample(state.params, prompts, max_new_tokens=NEW, n=GROUP, eos_id=-1,
+                         strategy=sampling.Temperature(1.0), seed=int(rng.integers(1 << 30)))
+    times['generate'] = time.perf_counter() - t
+    batch = {'prompt': np.repeat(prompt, GROUP, 0), 'prompt_mask': np.repeat(prompt_mask, GROUP, 0),
+             'completion': out.tokens, 'completion_mask': np.ones((rows, NEW), bool),
+             'advantages': rng.normal(size=rows).astype(np.float32)}
+    t = time.perf_counter()
+    batch['ref_logprobs'] = np.asarray(sampling.score_tokens(
+        model, reference, batch['prompt'], batch['prompt_mask'], batch['completion'],
+        batch['completion_mask'])[0])
+    times['reference'] = time.perf_counter() - t
+    t = time.perf_counter()
+    state, metrics = step(state, sharding.shard_batch(batch, mesh))
+    jax.block_until_ready(metrics)
+    times['update'] = time.perf_counter() - t
+    return state, times
+
+  state, _ = iteration(state)  # compile
+  runs = []
+  for _ in range(_REPEATS.value):
+    state, times = iteration(state)
+    runs.append(times)
+  med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+  total = sum(med.values())
+  n_params = models.param_count(state.params)
+  update_tokens = rows * (PROMPT_LEN + NEW)
+  mfu = 6 * n_params * update_tokens / med['update'] / matmul_peak_flops()
+  print(f'GRO-STEP on REF-25M ({n_params:,} params), {PROMPTS} prompts x {GROUP} samples, '
+        f'{PROMPT_LEN}+{NEW} tokens, {jax.devices()[0].platform}')
+  print('| samples/s | iteration | generate | reference | update | update MFU |')
+  print('| --- | --- | --- | --- | --- | --- |')
+  print(f'| {rows / total:.1f} | {total:.2f} s | {med["generate"]:.2f} s ({med["generate"] / total:.0%})'
+        f' | {med["reference"]:.2f} s ({med["reference"] / total:.0%}) | {med["update"]:.2f} s '
+        f'({med["update"] / total:.0%}) | {mfu:.0%} |')
+
+
+if __name__ == '__main__':
+  app.run(main)
