@@ -47,7 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.rl.aggregation = 'token_mean'  # 'token_mean', 'seq_mean_token_mean', 'seq_mean_token_sum_norm'.
   c.rl.epochs = 1  # Optimisation epochs per rollout (μ); > 1 scores pi_old once per rollout.
   c.rl.mask_overlong = False  # DAPO overlong filtering: no loss on truncated completions.
-  c.rl.dynamic_sampling = False  # DAPO: drop groups whose rewards are all equal.
+  c.rl.dynamic_sampling = False  # DAPO: drop groups whose rewards are all equal, fill the batch
+  c.rl.oversample = 3  # ... from a pool this many times larger (dynamic_sampling only).
   c.rl.eval_every = 10  # Held-out evaluation period (iterations).
   c.rl.eval_samples = 4  # Samples per held-out problem for the mean sampled reward.
   c.rl.checkpoint_every = 10  # Checkpoint period (iterations).

@@ -117,3 +117,23 @@ def test_process_shards_are_disjoint(prepared):
 def test_missing_dataset_says_how_to_prepare(tmp_path):
   with pytest.raises(FileNotFoundError, match='array_record'):
     pipeline.tfds_source('gsm8k', 'train', str(tmp_path))
+
+
+def test_iterator_state_round_trips_through_a_checkpoint(prepared, tmp_path):
+  """The data cursor lives in the checkpoint's JSON metadata, next to the train state."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from si_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  data_dir, tokenizer = prepared
+  make = lambda: iter(pipeline.sft_dataset(_source(data_dir), tokenizer, seq_len=SEQ,
+                                           batch_size=8, seed=5, pack=True))
+  it = make()
+  for _ in range(4):
+    next(it)
+  ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+  ckpt.save(4, {'step': jnp.int32(4)}, {'data_iterator': it.get_state()})
+  expected = next(it)
+  resumed = make()
+  resumed.set_state(checkpoint.Checkpointer(str(tmp_path)).read_meta()['data_iterator'])
+  got = next(resumed)
+  for k in expected:
+    np.testing.assert_array_equal(got[k], expected[k])

@@ -185,3 +185,10 @@ def test_preference_loss_on_a_model_uses_sequence_logprobs(rollout):
 def test_bad_preference_config_is_named():
   with pytest.raises(ValueError, match='kto'):
     preference.PreferenceConfig(loss='kto')
+
+
+def test_dapo_fill_prefers_informative_groups():
+  from si_jax.optimization import online_rl  # pylint: disable=g-import-not-at-top
+  r = np.array([[1, 1], [0, 1], [0, 0], [1, 0], [0, 1]], np.float32)
+  np.testing.assert_array_equal(online_rl.fill_groups(r, 2), [1, 3])
+  np.testing.assert_array_equal(online_rl.fill_groups(r, 4), [1, 3, 4, 0])  # then masked fillers

@@ -32,6 +32,14 @@ def make_reward(name: str, task, group_size: int) -> rewards.RewardFn:
   raise ValueError(f'config.rl.reward={name!r} not in {REWARDS}')
 
 
+def fill_groups(rewards_GxN: np.ndarray, size: int) -> np.ndarray:
+  """DAPO's dynamic sampling: `size` groups of the pool, informative ones (rewards not all equal)
+  first; if too few, uninformative ones fill the shape and get masked out by build_batch."""
+  informative = grpo.dynamic_sampling_keep(rewards_GxN)
+  order = np.concatenate([np.nonzero(informative)[0], np.nonzero(~informative)[0]])
+  return order[:size]
+
+
 def grpo_config(rl) -> grpo.GRPOConfig:
   return grpo.GRPOConfig(beta=rl.beta, kl_estimator=rl.kl_estimator, eps_low=rl.eps_low,
                          eps_high=rl.eps_high, aggregation=rl.aggregation,
@@ -85,11 +93,17 @@ def run(config) -> dict:
   bar = tqdm.trange(start, rl.num_iterations, initial=start, total=rl.num_iterations, desc='grpo')
   try:
     for it in bar:
-      problems = accuracy.sample_problems(task, [config.seed, 2, it], rl.prompts_per_iteration)
+      pool = rl.prompts_per_iteration * (rl.oversample if rl.dynamic_sampling else 1)
+      problems = accuracy.sample_problems(task, [config.seed, 2, it], pool)
       ro = rollout.rollout(sampler, state.params, tokenizer, problems, group_size=rl.group_size,
                            max_new_tokens=rl.max_new_tokens, strategy=strategy,
-                           seed=config.seed * 1_000_003 + it * rl.prompts_per_iteration)
+                           seed=config.seed * 1_000_003 + it * pool)
       reward = reward_fn(ro.prompts, ro.completions, answers=ro.answers)
+      if rl.dynamic_sampling:  # DAPO: fill the batch with informative groups from the pool.
+        groups = fill_groups(reward.reshape(-1, rl.group_size), rl.prompts_per_iteration)
+        ro = ro.take_groups(groups)
+        reward = reward.reshape(-1, rl.group_size)[groups].reshape(-1)
+        problems = ro.problems
       batch, host = build_batch(ro, reward, rl)
       host['verified'] = float(np.mean([task.verify(p, c) for p, c in zip(
           [p for p in problems for _ in range(rl.group_size)], ro.completions)]))

@@ -24,6 +24,17 @@ class Rollout:
   finish_reason: np.ndarray  # [R]
   sampler_logprobs: np.ndarray  # [R, N] log p under the sampling policy's unmodified model.
 
+  def take_groups(self, groups) -> 'Rollout':
+    """The rollout restricted to the given problem indices (all of each one's samples)."""
+    g = self.group_size
+    rows = np.concatenate([np.arange(b * g, (b + 1) * g) for b in groups])
+    return Rollout(problems=[self.problems[b] for b in groups], group_size=g,
+                   prompts=[self.prompts[r] for r in rows],
+                   completions=[self.completions[r] for r in rows],
+                   arrays={k: v[rows] for k, v in self.arrays.items()},
+                   finish_reason=self.finish_reason[rows],
+                   sampler_logprobs=self.sampler_logprobs[rows])
+
   @property
   def answers(self) -> list[str]:
     """Reference answers per row: for verifiable rewards and evaluation only."""
