@@ -63,3 +63,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint.async_save = True  # Write in a background thread while training continues.
   c.checkpoint.resume = True  # Continue from the latest checkpoint in workdir if there is one.
   return c
+
+
+def use_tiny_model(c: ml_collections.ConfigDict, vocab_size: int = 24):
+  """The ~100k-parameter model the CPU-scale experiments train from scratch in seconds."""
+  c.model.vocab_size = vocab_size  # Char tokenizers of the tasks need a few dozen ids.
+  c.model.d_model = 64
+  c.model.num_layers = 2
+  c.model.num_heads = 4
+  c.model.num_kv_heads = 2
+  c.model.head_dim = 16
+  c.model.mlp_dim = 192

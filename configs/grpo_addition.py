@@ -53,13 +53,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.rl.eval_samples = 4  # Samples per held-out problem for the mean sampled reward.
   c.rl.checkpoint_every = 10  # Checkpoint period (iterations).
 
-  c.model.vocab_size = 24
-  c.model.d_model = 64
-  c.model.num_layers = 2
-  c.model.num_heads = 4
-  c.model.num_kv_heads = 2
-  c.model.head_dim = 16
-  c.model.mlp_dim = 192
+  base.use_tiny_model(c)
 
   c.optimizer.learning_rate = 1e-3  # For the RL phase; the base phase uses base_learning_rate.
   c.optimizer.warmup_steps = 5

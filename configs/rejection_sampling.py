@@ -47,13 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.gro.max_epochs = 16.0  # Cap on passes over a round's data (few accepted answers train for longer).
   c.gro.batch_size = 64  # Sequences per SFT step.
 
-  c.model.vocab_size = 24
-  c.model.d_model = 64
-  c.model.num_layers = 2
-  c.model.num_heads = 4
-  c.model.num_kv_heads = 2
-  c.model.head_dim = 16
-  c.model.mlp_dim = 192
+  base.use_tiny_model(c)
 
   c.optimizer.learning_rate = 3e-3  # Rounds' SFT.
   c.optimizer.schedule = 'constant'

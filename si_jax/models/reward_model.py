@@ -23,45 +23,32 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from si_jax.models.transformer import (Block, RMSNorm, TransformerConfig, _param,
-                                       causal_segment_mask)
+from si_jax.models.transformer import (Transformer, TransformerConfig, _param,
+                                       causal_segment_mask, logical_axes)
 from si_jax.sampling import bucket
 from si_jax.tokenizers import Tokenizer
 
 BACKBONE = ('embed_VxD', 'blocks', 'final_norm')  # Param names shared with the LM.
 
 
-class RewardModel(nnx.Module):
-  """The LM's embedding and blocks, a final norm, and a linear head instead of the unembedding."""
+class RewardModel(Transformer):
+  """The LM's backbone (embedding, blocks, final norm) with a linear head instead of the
+  unembedding; parameter names match the LM's, so an SFT policy can initialise it."""
 
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
-    pdt = cfg.jnp_param_dtype
-    self.embed_VxD = _param(rngs, nnx.initializers.normal(stddev=1.0),
-                            (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'), pdt)
-    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
-    self.final_norm = RMSNorm(cfg.d_model, cfg, rngs)
+    super().__init__(dataclasses.replace(cfg, tie_embeddings=True), rngs)  # no unembedding
     # Zero init: every reward starts at 0, the BT loss at log 2.
-    self.head_D = _param(rngs, nnx.initializers.zeros, (cfg.d_model,), ('embed',), pdt)
-    self.cfg = cfg
+    self.head_D = _param(rngs, nnx.initializers.zeros, (cfg.d_model,), ('embed',),
+                         cfg.jnp_param_dtype)
 
   def __call__(self, tokens_BxT, mask_BxT):
-    """Rewards [B] float32 of right-padded sequences."""
-    cfg, dt = self.cfg, self.cfg.jnp_dtype
+    """Rewards [B] float32 of right-padded sequences: the head on the last real token."""
     b, t = tokens_BxT.shape
-    x = jnp.take(self.embed_VxD[...], tokens_BxT, axis=0).astype(dt)
-    if cfg.embed_scale:
-      x = x * jnp.asarray(cfg.d_model ** 0.5, dt)
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    attn_mask = causal_segment_mask(mask_BxT.astype(jnp.int32))
-    for block in self.blocks:
-      if cfg.remat:
-        x, _ = nnx.remat(lambda blk, *a: blk(*a))(block, x, positions, attn_mask)
-      else:
-        x, _ = block(x, positions, attn_mask)
+    x, _ = self.hidden(tokens_BxT, positions, causal_segment_mask(mask_BxT.astype(jnp.int32)))
     last_B = jnp.maximum(mask_BxT.astype(jnp.int32).sum(axis=1) - 1, 0)
     h_BxD = jnp.take_along_axis(x, last_B[:, None, None], axis=1)[:, 0]
-    h_BxD = self.final_norm(h_BxD)
-    return jnp.einsum('BD,D->B', h_BxD, self.head_D[...].astype(dt),
+    return jnp.einsum('BD,D->B', h_BxD, self.head_D[...].astype(self.cfg.jnp_dtype),
                       preferred_element_type=jnp.float32)
 
 
@@ -87,10 +74,7 @@ def build_reward_model(cfg: TransformerConfig, rng: jax.Array) -> tuple[RewardMo
 
 def logical_axes_rm(cfg: TransformerConfig) -> dict:
   """Logical axis names of every reward-model parameter (for si_jax.sharding)."""
-  state = nnx.state(nnx.eval_shape(lambda: RewardModel(cfg, nnx.Rngs(params=0))))
-  specs = nnx.get_partition_spec(state)
-  return jax.tree.map(lambda p: tuple(p), nnx.to_pure_dict(specs),
-                      is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  return logical_axes(cfg, RewardModel)
 
 
 def init_from_lm(rm_params: dict, lm_params: dict) -> dict:

@@ -219,7 +219,9 @@ class Transformer(nnx.Module):
                                 (cfg.d_model, cfg.vocab_size), ('embed', 'vocab'), pdt)
     self.cfg = cfg
 
-  def __call__(self, tokens_BxT, positions_BxT, mask_BxTxS, cache: KVCache | None = None):
+  def hidden(self, tokens_BxT, positions_BxT, mask_BxTxS, cache: KVCache | None = None):
+    """Final-normed hidden states [B, T, D] and each layer's (k, v): the backbone that heads
+    (the LM's unembedding, a reward model's scalar head) sit on."""
     cfg, dt = self.cfg, self.cfg.jnp_dtype
     x = jnp.take(self.embed_VxD[...], tokens_BxT, axis=0).astype(dt)
     if cfg.embed_scale:
@@ -234,7 +236,11 @@ class Transformer(nnx.Module):
       else:
         x, kv = block(x, positions_BxT, mask_BxTxS, cache_kv, index)
       new_kv.append(kv)
-    x = self.final_norm(x)
+    return self.final_norm(x), new_kv
+
+  def __call__(self, tokens_BxT, positions_BxT, mask_BxTxS, cache: KVCache | None = None):
+    cfg, dt = self.cfg, self.cfg.jnp_dtype
+    x, new_kv = self.hidden(tokens_BxT, positions_BxT, mask_BxTxS, cache)
     if cfg.tie_embeddings:
       logits = jnp.einsum('BTD,VD->BTV', x, self.embed_VxD[...].astype(dt),
                           preferred_element_type=jnp.float32)
@@ -302,9 +308,10 @@ def abstract_model(cfg: TransformerConfig) -> tuple[Model, dict]:
   return Model(cfg, graphdef), nnx.to_pure_dict(state)
 
 
-def logical_axes(cfg: TransformerConfig) -> dict:
-  """The logical axis names of every parameter, as a tree matching the param dict."""
-  state = nnx.state(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(params=0))))
+def logical_axes(cfg: TransformerConfig, module_cls=Transformer) -> dict:
+  """The logical axis names of every parameter of `module_cls(cfg)`, as a tree matching its
+  param dict."""
+  state = nnx.state(nnx.eval_shape(lambda: module_cls(cfg, nnx.Rngs(params=0))))
   specs = nnx.get_partition_spec(state)
   return jax.tree.map(lambda p: tuple(p), nnx.to_pure_dict(specs),
                       is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))

@@ -42,14 +42,9 @@ def run(config) -> dict:
   step_fn = rounds.sft_step(exp)
   base_params = rounds.frozen_copy(exp.state.params) if gro.restart_from_base else None
   strategy = sampling.Temperature(gro.temperature)
-  eval_problems = accuracy.sample_problems(exp.task, [config.seed, 1], config.train.eval_size)
-  start = exp.meta.get('round', 0) if exp.resumed else 0
-  result = {}
   try:
-    if start == 0:
-      result['round_0_accuracy'], _ = accuracy.greedy_accuracy(
-          exp.model, exp.state.params, exp.tokenizer, exp.task, eval_problems, gro.max_new_tokens)
-    for r in range(start, gro.num_rounds):
+    tracker = rounds.RoundTracker(exp, gro.max_new_tokens)
+    for r in range(tracker.start, gro.num_rounds):
       # --- Generate and reward ---
       problems = accuracy.sample_problems(exp.task, [config.seed, 3, r], gro.problems_per_round)
       ro = rollout.rollout(sampler, exp.state.params, exp.tokenizer, problems,
@@ -78,14 +73,7 @@ def run(config) -> dict:
         logged.update(rounds.train_sft(exp, step_fn, prompts, completions,
                                        num_steps=gro.sft_steps, batch_size=gro.batch_size,
                                        seed=config.seed * 31 + r, max_epochs=gro.max_epochs))
-      # --- Evaluate and checkpoint ---
-      logged['eval_accuracy'], _ = accuracy.greedy_accuracy(
-          exp.model, exp.state.params, exp.tokenizer, exp.task, eval_problems, gro.max_new_tokens)
-      result[f'round_{r + 1}_accuracy'] = logged['eval_accuracy']
-      exp.writer.write(r + 1, logged)
-      print(f"round {r + 1}: kept {logged['kept']} answers, held-out greedy accuracy "
-            f"{logged['eval_accuracy']:.1%}")
-      exp.save(r + 1, round=r + 1)  # Checkpoints are indexed by round (steps may not move).
+      tracker.end_round(r, logged, f"kept {logged['kept']} answers, ")
   finally:
     exp.ckpt.close()
-  return result
+  return tracker.result

@@ -14,6 +14,7 @@ import numpy as np
 
 from si_jax import metrics, sampling, sharding
 from si_jax.data import batching
+from si_jax.evaluation import accuracy
 from si_jax.experiment import Experiment
 from si_jax.optimization import preference, rollout, sft, train_step
 
@@ -89,6 +90,35 @@ def train_preference(exp: Experiment, step_fn, cfg: preference.PreferenceConfig,
     state, last = step_fn(state, sharding.shard_batch(batch, exp.mesh))
   exp.state = state
   return metrics.to_python(last) if last else {}
+
+
+class RoundTracker:
+  """Held-out accuracy before the first round and after each, logged and checkpointed by round.
+
+  The same held-out problems ([seed, 1]) every round, so rounds compare; checkpoints are indexed
+  by round because a round may apply no update (nothing accepted) and steps would not move.
+  """
+
+  def __init__(self, exp: Experiment, max_new_tokens: int):
+    self.exp, self.max_new_tokens = exp, max_new_tokens
+    self.problems = accuracy.sample_problems(exp.task, [exp.config.seed, 1],
+                                             exp.config.train.eval_size)
+    self.start = exp.meta.get('round', 0) if exp.resumed else 0
+    self.result = {}
+    if self.start == 0:
+      self.result['round_0_accuracy'] = self.accuracy()
+
+  def accuracy(self) -> float:
+    exp = self.exp
+    return accuracy.greedy_accuracy(exp.model, exp.state.params, exp.tokenizer, exp.task,
+                                    self.problems, self.max_new_tokens)[0]
+
+  def end_round(self, r: int, logged: dict, summary: str = '') -> dict:
+    logged['eval_accuracy'] = self.result[f'round_{r + 1}_accuracy'] = self.accuracy()
+    self.exp.writer.write(r + 1, logged)
+    print(f"round {r + 1}: {summary}held-out greedy accuracy {logged['eval_accuracy']:.1%}")
+    self.exp.save(r + 1, round=r + 1)
+    return self.result
 
 
 def frozen_copy(params):

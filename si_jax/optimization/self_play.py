@@ -22,16 +22,11 @@ def run(config) -> dict:
   exp = experiment.setup(config, gro.num_rounds * gro.spin_steps)
   sampler = sampling.Sampler(exp.model, exp.mesh)
   spin_step = rounds.preference_step(exp, pref_cfg)
-  eval_problems = accuracy.sample_problems(exp.task, [config.seed, 1], config.train.eval_size)
   strategy = (sampling.Greedy() if gro.temperature == 0
               else sampling.Temperature(gro.temperature))
-  start = exp.meta.get('round', 0) if exp.resumed else 0
-  result = {}
   try:
-    if start == 0:
-      result['round_0_accuracy'], _ = accuracy.greedy_accuracy(
-          exp.model, exp.state.params, exp.tokenizer, exp.task, eval_problems, gro.max_new_tokens)
-    for r in range(start, gro.num_rounds):
+    tracker = rounds.RoundTracker(exp, gro.max_new_tokens)
+    for r in range(tracker.start, gro.num_rounds):
       # --- The previous iteration answers the SFT data's prompts ---
       previous = rounds.frozen_copy(exp.state.params)
       problems = accuracy.sample_problems(exp.task, [config.seed, 0, 10_000 + r],
@@ -49,14 +44,8 @@ def run(config) -> dict:
             exp, spin_step, pref_cfg, previous, p, ref_answers, own,
             width=gro.max_new_tokens + 1, num_steps=gro.spin_steps, batch_size=gro.batch_size,
             seed=config.seed * 31 + r, max_epochs=gro.max_epochs))
-      logged['eval_accuracy'], _ = accuracy.greedy_accuracy(
-          exp.model, exp.state.params, exp.tokenizer, exp.task, eval_problems, gro.max_new_tokens)
-      result[f'round_{r + 1}_accuracy'] = logged['eval_accuracy']
-      result[f'round_{r + 1}_margin'] = logged.get('margin', 0.0)
-      exp.writer.write(r + 1, logged)
-      print(f"round {r + 1}: {len(pairs)} pairs, held-out greedy accuracy "
-            f"{logged['eval_accuracy']:.1%}")
-      exp.save(r + 1, round=r + 1)  # Checkpoints are indexed by round (steps may not move).
+      tracker.result[f'round_{r + 1}_margin'] = logged.get('margin', 0.0)
+      tracker.end_round(r, logged, f'{len(pairs)} pairs, ')
   finally:
     exp.ckpt.close()
-  return result
+  return tracker.result

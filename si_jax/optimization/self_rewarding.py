@@ -54,9 +54,7 @@ def run(config) -> dict:
                                   no=gro.judge_no)
   verifier = rewards.verifiable(exp.task)
   dpo_step = rounds.preference_step(exp, pref_cfg)
-  eval_problems = accuracy.sample_problems(exp.task, [config.seed, 1], config.train.eval_size)
   start = exp.meta.get('round', 0) if exp.resumed else 0
-  result = {}
   try:
     if start == 0:  # --- IFT + EFT: learn to judge from the labelled seed set, keep answering ---
       seed_problems = accuracy.sample_problems(exp.task, [config.seed, 4], gro.judge_seed_size)
@@ -67,9 +65,8 @@ def run(config) -> dict:
       rounds.train_sft(exp, rounds.sft_step(exp), prompts, verdicts,
                        num_steps=gro.judge_sft_steps, batch_size=gro.batch_size, seed=config.seed,
                        max_epochs=gro.max_epochs)
-      result['round_0_accuracy'], _ = accuracy.greedy_accuracy(
-          exp.model, exp.state.params, exp.tokenizer, exp.task, eval_problems, gro.max_new_tokens)
-    for r in range(start, gro.num_rounds):
+    tracker = rounds.RoundTracker(exp, gro.max_new_tokens)  # measured after EFT
+    for r in range(tracker.start, gro.num_rounds):
       # --- Generate candidates and judge them with the model itself ---
       reference = rounds.frozen_copy(exp.state.params)
       self_judge.params = exp.state.params
@@ -90,15 +87,9 @@ def run(config) -> dict:
             exp, dpo_step, pref_cfg, reference, p, c, rj, width=gro.max_new_tokens + 1,
             num_steps=gro.dpo_steps, batch_size=gro.batch_size, seed=config.seed * 31 + r,
             max_epochs=gro.max_epochs))
-      logged['eval_accuracy'], _ = accuracy.greedy_accuracy(
-          exp.model, exp.state.params, exp.tokenizer, exp.task, eval_problems, gro.max_new_tokens)
-      result[f'round_{r + 1}_accuracy'] = logged['eval_accuracy']
-      result[f'round_{r + 1}_judge_accuracy'] = logged['judge_accuracy']
-      exp.writer.write(r + 1, logged)
-      print(f"round {r + 1}: {len(pairs)} pairs, judge agrees with the verifier on "
-            f"{logged['judge_accuracy']:.1%}, held-out greedy accuracy "
-            f"{logged['eval_accuracy']:.1%}")
-      exp.save(r + 1, round=r + 1)  # Checkpoints are indexed by round (steps may not move).
+      tracker.result[f'round_{r + 1}_judge_accuracy'] = logged['judge_accuracy']
+      tracker.end_round(r, logged, f"{len(pairs)} pairs, judge agrees with the verifier on "
+                                   f"{logged['judge_accuracy']:.1%}, ")
   finally:
     exp.ckpt.close()
-  return result
+  return tracker.result
