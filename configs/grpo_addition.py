@@ -37,7 +37,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.rl.group_size = 8  # Samples per problem (G).
   c.rl.max_new_tokens = 8  # Completion budget; longer ones end with finish_reason 'length'.
   c.rl.temperature = 1.0  # Sampling temperature of rollouts.
-  c.rl.reward = 'verifiable'  # 'verifiable', 'majority' (no labels) or 'verifiable+format'.
+  c.rl.reward = 'verifiable'  # 'verifiable', 'majority' (no labels), 'verifiable+format', or
+  # 'self_judge' (set tokenizer_extra_chars='|ok?yn' for the judge template).
   c.rl.advantage_estimator = 'grpo'  # 'grpo' or 'rloo'.
   c.rl.std_scale = 'group'  # 'group' (GRPO), 'batch', or 'none' (Dr. GRPO).
   c.rl.beta = 0.0  # KL coefficient β; > 0 scores the frozen init_from model as reference.

@@ -48,6 +48,16 @@ def test_config_runs_end_to_end_and_writes_checkpoints(name, tmp_path):
     assert 0.0 <= result['round_1_judge_accuracy'] <= 1.0
 
 
+def test_grpo_with_the_self_judge_reward_runs(tmp_path):
+  """Online RL with a model-based reward: the policy's own verdict probability."""
+  config = _tiny(importlib.import_module('configs.grpo_addition').get_config(), str(tmp_path))
+  config.rl.reward, config.tokenizer_extra_chars = 'self_judge', '|ok?yn'
+  result = main.run(config)
+  assert 0.0 <= result['eval_reward'] <= 1.0
+  rows = [line for line in (tmp_path / 'metrics.jsonl').read_text().splitlines() if line]
+  assert len(rows) == 2  # two iterations, rewards from the judge
+
+
 def test_rejection_sampling_raises_accuracy_over_rounds(base_model, tmp_path):
   config = rs_config.get_config()
   config.workdir, config.init_from = str(tmp_path), base_model

@@ -17,12 +17,19 @@ import tqdm
 
 from si_jax import experiment, metrics, sampling, sharding
 from si_jax.evaluation import accuracy
-from si_jax.optimization import grpo, rewards, rollout, train_step
+from si_jax.optimization import grpo, judge, rewards, rollout, train_step
 
-REWARDS = ('verifiable', 'majority', 'verifiable+format')
+REWARDS = ('verifiable', 'majority', 'verifiable+format', 'self_judge')
 
 
-def make_reward(name: str, task, group_size: int) -> rewards.RewardFn:
+def make_reward(name: str, task, group_size: int, exp=None) -> rewards.RewardFn:
+  """A reward by config name. 'self_judge' (the model's own verdict-token probability, see
+  judge.py) needs the experiment, and the tokenizer must hold the judge template's characters
+  (config.tokenizer_extra_chars); the loop refreshes its `params` as the policy trains."""
+  if name == 'self_judge':
+    if exp is None:
+      raise ValueError("config reward='self_judge' needs the model: pass exp to make_reward")
+    return judge.judge_reward(exp.model, exp.state.params, exp.tokenizer, yes='y', no='n')
   if name == 'verifiable':
     return rewards.verifiable(task)
   if name == 'majority':
@@ -76,7 +83,7 @@ def run(config) -> dict:
   exp = experiment.setup(config, rl.num_iterations * rl.epochs)
   model, tokenizer, task, mesh = exp.model, exp.tokenizer, exp.task, exp.mesh
   sampler = sampling.Sampler(model, mesh)
-  reward_fn = make_reward(rl.reward, task, rl.group_size)
+  reward_fn = make_reward(rl.reward, task, rl.group_size, exp)
   step_fn = train_step.jit_train_step(train_step.make_train_step(
       functools.partial(grpo.grpo_loss, model, cfg=cfg), exp.tx, exp.schedule,
       config.optimizer.grad_accum_steps), exp.shardings, mesh)
@@ -98,6 +105,8 @@ def run(config) -> dict:
       ro = rollout.rollout(sampler, state.params, tokenizer, problems, group_size=rl.group_size,
                            max_new_tokens=rl.max_new_tokens, strategy=strategy,
                            seed=config.seed * 1_000_003 + it * pool)
+      if isinstance(reward_fn, judge.SelfJudge):
+        reward_fn.params = state.params  # The judge is the current policy.
       reward = reward_fn(ro.prompts, ro.completions, answers=ro.answers)
       if rl.dynamic_sampling:  # DAPO: fill the batch with informative groups from the pool.
         groups = fill_groups(reward.reshape(-1, rl.group_size), rl.prompts_per_iteration)
