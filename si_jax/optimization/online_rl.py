@@ -67,7 +67,8 @@ def build_batch(ro: rollout.Rollout, reward: np.ndarray, rl) -> tuple[dict, dict
     mask = mask & np.repeat(informative, g)[:, None]
   batch = {**ro.arrays, 'completion_mask': mask, 'advantages': advantages.astype(np.float32)}
   host = {'reward_mean': float(reward.mean()), 'reward_std': float(reward.std()),
-          'advantage_mean': float(advantages.mean()), 'advantage_abs': float(np.abs(advantages).mean()),
+          'advantage_mean': float(advantages.mean()),
+          'advantage_abs': float(np.abs(advantages).mean()),
           'informative_groups': float(informative.mean()), 'tokens': float(mask.sum())}
   return batch, host
 
