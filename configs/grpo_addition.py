@@ -4,7 +4,8 @@ Launch (a few minutes on a 2-core CPU):
   python -m si_jax.main --config=configs/grpo_addition.py
 With no --config.init_from, a short SFT phase on labelled problems (config.train) first trains
 the base model into <workdir>/base. Variants: --config.rl.std_scale=none (Dr. GRPO),
---config.rl.eps_high=0.28 --config.rl.dynamic_sampling=True (DAPO), --config.rl.advantage_estimator=rloo.
+--config.rl.eps_high=0.28 --config.rl.dynamic_sampling=True (DAPO),
+--config.rl.advantage_estimator=rloo.
 """
 
 import ml_collections

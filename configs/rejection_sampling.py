@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.gro.rationalize = False  # STaR: retry failures with the answer as a hint.
   c.gro.restart_from_base = False  # ReST-EM: each round fine-tunes the base params afresh.
   c.gro.sft_steps = 30  # SFT steps per round (at most 2 passes over the kept answers).
-  c.gro.max_epochs = 16.0  # Cap on passes over a round's data (few accepted answers train for longer).
+  c.gro.max_epochs = 16.0  # Cap on passes over a round's data (few kept answers: train longer).
   c.gro.batch_size = 64  # Sequences per SFT step.
 
   base.use_tiny_model(c)

@@ -46,7 +46,8 @@ def _check_batch(batch, tokenizer, source_answers):
     assert batch[key].shape == (8, SEQ) and batch[key].dtype == np.int32
   for row in range(8):
     seg = batch['segment_ids'][row]
-    assert (batch['tokens'][row][seg == 0] == 0).all() and (batch['loss_mask'][row][seg == 0] == 0).all()
+    assert (batch['tokens'][row][seg == 0] == 0).all()
+    assert (batch['loss_mask'][row][seg == 0] == 0).all()
     for s in set(seg[seg > 0].tolist()):
       idx = np.nonzero(seg == s)[0]
       assert (batch['positions'][row][idx] == np.arange(len(idx))).all()

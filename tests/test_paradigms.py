@@ -1,4 +1,4 @@
-"""GRO paradigms: each config runs end to end through si_jax.main; rejection sampling and DPO learn."""
+"""GRO paradigms: every config runs end to end through si_jax.main; RS and DPO learn."""
 
 import functools
 import importlib

@@ -1,4 +1,4 @@
-"""Tasks: reproducible valid problems; verifiers accept references, reject corruptions, never raise."""
+"""Tasks: reproducible problems; verifiers accept references, reject corruptions, never raise."""
 
 import random
 

@@ -74,9 +74,9 @@ def main(_):
         f'{PROMPT_LEN}+{NEW} tokens, {jax.devices()[0].platform}')
   print('| samples/s | iteration | generate | reference | update | update MFU |')
   print('| --- | --- | --- | --- | --- | --- |')
-  print(f'| {rows / total:.1f} | {total:.2f} s | {med["generate"]:.2f} s ({med["generate"] / total:.0%})'
-        f' | {med["reference"]:.2f} s ({med["reference"] / total:.0%}) | {med["update"]:.2f} s '
-        f'({med["update"] / total:.0%}) | {mfu:.0%} |')
+  share = lambda k: f'{med[k]:.2f} s ({med[k] / total:.0%})'
+  print(f'| {rows / total:.1f} | {total:.2f} s | {share("generate")} | {share("reference")} '
+        f'| {share("update")} | {mfu:.0%} |')
 
 
 if __name__ == '__main__':

@@ -68,7 +68,8 @@ def main(_):
   mfu = 6 * n_params * tokens / median / peak
   print(f'| model | params | batch | median step | tokens/s | MFU (6*N*D) | matmul peak |')
   print(f'| --- | --- | --- | --- | --- | --- | --- |')
-  print(f'| {_MODEL.value} | {n_params:,} | {b}x{t} | {median * 1e3:.1f} ms | {tokens / median:,.0f} '
+  print(f'| {_MODEL.value} | {n_params:,} | {b}x{t} | {median * 1e3:.1f} ms '
+        f'| {tokens / median:,.0f} '
         f'| {mfu:.1%} | {peak / 1e9:.0f} GFLOP/s |')
 
 

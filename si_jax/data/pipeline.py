@@ -29,7 +29,8 @@ def tfds_source(name: str, split: str, data_dir: str | None = None):
 
   Nothing is downloaded at run time: a dataset that is not there fails, saying how to prepare it.
   """
-  data_dir = data_dir or os.environ.get('TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
+  data_dir = data_dir or os.environ.get('TFDS_DATA_DIR',
+                                        os.path.expanduser('~/tensorflow_datasets'))
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # pylint: disable=broad-except
