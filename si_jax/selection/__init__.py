@@ -1,0 +1,1 @@
+"""Data selection (survey §3): per-example scores, selectors over them, an adaptive selector."""
