@@ -1,11 +1,9 @@
 """Checkpoints: bit-exact restore, restore onto another mesh, resume, and clear errors."""
 
-import os
 
 import jax
 import numpy as np
 import pytest
-from jax.sharding import PartitionSpec as P
 
 from configs import base
 from si_jax import checkpoint, sharding, train, train_state

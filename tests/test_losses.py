@@ -1,6 +1,5 @@
 """Loss math against independent NumPy implementations of the papers' formulas."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

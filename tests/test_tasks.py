@@ -1,6 +1,5 @@
 """Tasks: reproducible problems; verifiers accept references, reject corruptions, never raise."""
 
-import random
 
 import pytest
 from hypothesis import given, settings, strategies as st
