@@ -39,9 +39,9 @@ def completion_logprobs(model: models.Model, params, prompt_BxP, prompt_mask_BxP
 score_tokens = jax.jit(completion_logprobs, static_argnums=0)
 
 
-def score(model: models.Model, params, prompts: Sequence[Sequence[int]],
-          completions: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Host helper: token-id lists in; (logprobs [B, N], entropies [B, N], mask [B, N]) out."""
+def layout(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]]):
+  """(prompt [B, P], prompt_mask, completion [B, N], completion_mask): token-id lists in the
+  scoring layout, prompts left-padded and completions right-padded to bucketed widths."""
   if len(prompts) != len(completions) or not prompts:
     raise ValueError(f'score: need as many prompts ({len(prompts)}) as completions '
                      f'({len(completions)}), at least one')
@@ -51,6 +51,13 @@ def score(model: models.Model, params, prompts: Sequence[Sequence[int]],
   completion_mask = np.zeros((len(completions), n), bool)
   for i, c in enumerate(completions):
     completion[i, :len(c)], completion_mask[i, :len(c)] = c, True
+  return prompt, prompt_mask, completion, completion_mask
+
+
+def score(model: models.Model, params, prompts: Sequence[Sequence[int]],
+          completions: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Host helper: token-id lists in; (logprobs [B, N], entropies [B, N], mask [B, N]) out."""
+  prompt, prompt_mask, completion, completion_mask = layout(prompts, completions)
   logp, entropy = score_tokens(model, params, prompt, prompt_mask, completion, completion_mask)
   width = max(len(c) for c in completions)
   return (np.asarray(logp)[:, :width], np.asarray(entropy)[:, :width],

@@ -24,7 +24,8 @@ from jax.sharding import Mesh, NamedSharding
 from si_jax import models, sharding
 from si_jax.models import transformer
 from si_jax.optimization import rewards
-from si_jax.sampling.sampler import bucket, left_pad
+from si_jax.sampling.sampler import bucket
+from si_jax.sampling import scoring
 from si_jax.sampling.scoring import completion_logprobs
 from si_jax.tokenizers import Tokenizer
 
@@ -64,13 +65,7 @@ def encode(tokenizer: Tokenizer, examples: Sequence[Example], bare: bool = False
   prompts = ([[tokenizer.bos_id]] * len(examples) if bare else
              tokenizer.encode_batch([ex['prompt'] for ex in examples], bos=True))
   completions = tokenizer.encode_batch([ex['completion'] for ex in examples], eos=eos)
-  prompt, prompt_mask = left_pad(prompts, bucket(max(len(p) for p in prompts)))
-  width = bucket(max(len(c) for c in completions), minimum=1)
-  completion = np.zeros((len(examples), width), np.int32)
-  completion_mask = np.zeros((len(examples), width), bool)
-  for i, c in enumerate(completions):
-    completion[i, :len(c)], completion_mask[i, :len(c)] = c, True
-  return prompt, prompt_mask, completion, completion_mask
+  return scoring.layout(prompts, completions)
 
 
 def _place_params(params, mesh: Mesh | None):
