@@ -19,6 +19,7 @@ RUNTIME = [
     'matplotlib==3.11.2',
     'tqdm==4.70.1',
     'importlib_resources==7.1.0',  # tensorflow-datasets needs it without TensorFlow.
+    'tensorboardX==2.6.5',  # TensorBoard event files without TensorFlow.
 ]
 TEST = ['pytest==9.0.3', 'pytest-xdist==3.8.0', 'scipy==1.17.1', 'hypothesis==6.155.2']
 

@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.task.max_len = 8  # Longest string.
 
   c.data = ml_collections.ConfigDict()
-  c.data.seq_len = 20  # SFT sequence length (base phase and each round).
+  c.data.seq_len = 24  # SFT length: bos + prompt (<= 9) + completion (<= max_new_tokens) + eos.
 
   c.train = ml_collections.ConfigDict()  # The base SFT phase: the only labels of the run.
   c.train.num_steps = 60  # A weak base model.

@@ -111,7 +111,7 @@ def warm_start(config) -> str:
   with base_config.unlocked():
     base_config.job = 'sft'
     base_config.workdir = os.path.join(config.workdir, 'base')
-    base_config.optimizer.schedule = 'cosine'
+    base_config.optimizer.schedule = config.get('base_schedule', 'cosine')
     base_config.optimizer.learning_rate = config.get('base_learning_rate',
                                                      config.optimizer.learning_rate)
     base_config.optimizer.warmup_steps = max(1, config.train.num_steps // 10)

@@ -1,5 +1,6 @@
 """Entry point, intentionally kept short: flags -> config -> the job's `run(config)`.
 
+  python -m si_jax.main        # the main job: configs/self_train_arithmetic.py
   python -m si_jax.main --config=configs/sft_reverse.py --config.train.num_steps=500
 """
 
@@ -9,7 +10,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               'configs', 'sft_reverse.py')
+                               'configs', 'self_train_arithmetic.py')
 _CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Experiment config file.',
                                           lock_config=True)
 
@@ -17,10 +18,11 @@ _CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Experiment
 def run(config):
   """Runs `config.job`; GRO jobs first get a base model (config.init_from, or trained here)."""
   # pylint: disable=g-import-not-at-top
-  from si_jax import experiment, train
+  from si_jax import experiment, lifecycle, train
   from si_jax.optimization import online_rl, rejection_sampling, self_play, self_rewarding
   jobs = {'sft': train.run, 'grpo': online_rl.run, 'rejection_sampling': rejection_sampling.run,
-          'self_rewarding': self_rewarding.run, 'spin': self_play.run}
+          'self_rewarding': self_rewarding.run, 'spin': self_play.run,
+          'self_train': lifecycle.run}
   if config.job not in jobs:
     raise app.UsageError(f'config.job={config.job!r} is not one of {sorted(jobs)}')
   if config.job != 'sft':  # GRO jobs start from a base model: given, or trained first.

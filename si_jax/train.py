@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import tqdm
 
 from si_jax import experiment, metrics, models, sharding
@@ -17,6 +18,22 @@ from si_jax.evaluation import accuracy
 from si_jax.optimization import sft, train_step
 
 # Seeds: training batch s draws from [seed, 0, s], evaluation from [seed, 1]: never the same.
+# With config.data.seed_set_size > 0 the labels are a fixed seed set drawn from [seed, 0]
+# (the only labels of a self-improvement run), and batch s samples it with [seed, 0, s].
+
+
+def seed_set(config, task) -> list:
+  """The labelled seed set of config.data (seed_set_size problems, difficulty_weights mix)."""
+  data = config.data
+  return accuracy.sample_problems(task, [config.seed, 0], data.seed_set_size,
+                                  data.get('difficulty_weights', None))
+
+
+def _batch_problems(config, task, step: int, pool):
+  if pool is None:  # Unlimited labels: fresh problems every step.
+    return accuracy.sample_problems(task, [config.seed, 0, step], config.train.batch_size)
+  rng = np.random.default_rng([config.seed, 0, step])
+  return [pool[i] for i in rng.integers(0, len(pool), config.train.batch_size)]
 
 
 def run(config) -> dict:
@@ -32,11 +49,11 @@ def run(config) -> dict:
                                  config.optimizer.grad_accum_steps), exp.shardings, mesh)
   writer, ckpt = exp.writer, exp.ckpt
   first_step, num_steps = int(state.step), config.train.num_steps
+  pool = seed_set(config, task) if config.data.get('seed_set_size', 0) else None
   try:  # Close (wait for pending async saves) even when interrupted.
     bar = tqdm.trange(first_step, num_steps, initial=first_step, total=num_steps, desc='sft')
     for step in bar:
-      problems = accuracy.sample_problems(task, seed=[config.seed, 0, step],
-                                 n=config.train.batch_size)
+      problems = _batch_problems(config, task, step, pool)
       batch = batching.sft_batch(tokenizer, [p.prompt for p in problems],
                                  [p.answer for p in problems], config.data.seq_len)
       state, step_metrics = step_fn(state, sharding.shard_batch(batch, mesh))

@@ -60,6 +60,23 @@ class AdditionTask(Task):
       return str(int(a[::-1]) + int(b[::-1])).zfill(digits + 1)[::-1]
     return str(int(a) + int(b))
 
+  def equivalent_prompts(self, prompt: str) -> list[str]:
+    """The problem and its commuted twin: a+b and b+a have one answer."""
+    match = _ADDITION.match(prompt) if isinstance(prompt, str) else None
+    if match is None:
+      return [prompt]
+    a, b = match.groups()
+    return [prompt, f'{b}+{a}=']
+
+  def plausible_answer(self, prompt: str, answer: str) -> bool:
+    """Reversed sums have exactly (longer operand + 1) digits; forward sums that many or one
+    fewer. Read off the prompt: no label."""
+    match = _ADDITION.match(prompt) if isinstance(prompt, str) else None
+    if match is None or not isinstance(answer, str) or not answer.isdigit():
+      return False
+    digits = max(len(x) for x in match.groups())
+    return len(answer) == digits + 1 if self.reverse else digits <= len(answer) <= digits + 1
+
   def extract_answer(self, completion: str) -> str | None:
     answer = super().extract_answer(completion)
     if answer is None or len(answer) > _MAX_ANSWER_CHARS or not answer.isdigit():

@@ -48,6 +48,21 @@ class Task(abc.ABC):
     """Whether `prompt` is a problem of this task (filters model-written problems)."""
     return self.solve(prompt) is not None
 
+  def equivalent_prompts(self, prompt: str) -> list[str]:
+    """Rewrites of `prompt` with the same answer, `prompt` first (here: just `prompt`).
+
+    Voting over samples of several rewrites is self-consistency across views of one problem:
+    a model's errors depend on where things sit in its context, so different views err
+    differently while the right answer stays the same (e.g. a+b and b+a)."""
+    return [prompt]
+
+  def plausible_answer(self, prompt: str, answer: str) -> bool:
+    """A label-free sanity check of an extracted answer (here: always true). Tasks override it
+    with what the prompt alone implies, e.g. the answer's length (Lee et al. 2025's length
+    filter), so pseudo-labels with the wrong shape are dropped without any ground truth."""
+    del prompt, answer
+    return True
+
   def extract_answer(self, completion: str) -> str | None:
     """The answer part of a completion (here: all of it, stripped); None when there is none."""
     if not isinstance(completion, str):

@@ -1,0 +1,118 @@
+"""The closed loop (si_jax/lifecycle.py): resumes exactly, and its monitors catch planted failures."""
+
+import json
+import os
+
+import pytest
+
+from configs import self_train_arithmetic
+from si_jax import experiment, lifecycle, main, report
+
+
+def tiny_loop_config(workdir: str, **loop_overrides):
+  """The main job shrunk to seconds: 3 levels, a small seed set, a few tiny rounds."""
+  c = self_train_arithmetic.get_config()
+  c.workdir = workdir
+  c.task.min_digits, c.task.max_digits = 2, 3
+  c.data.seq_len = 16
+  c.data.seed_set_size, c.data.difficulty_weights = 1000, (1.0, 1.0)
+  c.train.num_steps, c.train.eval_size, c.train.log_every = 300, 64, 100
+  c.model.num_layers = 2
+  c.base_learning_rate = 1e-2
+  c.mesh.data, c.mesh.fsdp = 2, -1  # 8 fake devices.
+  loop = dict(num_rounds=2, problems_per_round=64, group_size=4, max_new_tokens=6,
+              sft_steps=10, batch_size=32, eval_per_difficulty=32, heldout_size=32)
+  loop.update(loop_overrides)
+  for key, value in loop.items():
+    c.loop[key] = value
+  return c
+
+
+@pytest.fixture(scope='module')
+def base_dir(tmp_path_factory):
+  """A base model trained once on the tiny seed set; every test warm-starts from it."""
+  return experiment.warm_start(tiny_loop_config(str(tmp_path_factory.mktemp('loop_base'))))
+
+
+def _run(workdir, base, controller=None, **overrides):
+  config = tiny_loop_config(str(workdir), **overrides)
+  config.init_from = base
+  for key, value in (controller or {}).items():
+    config.loop.controller[key] = value
+  return main.run(config)
+
+
+def test_killed_mid_round_resumes_to_the_same_metrics(base_dir, tmp_path, monkeypatch):
+  uninterrupted = _run(tmp_path / 'a', base_dir)
+
+  calls = []
+  real_train_arm = lifecycle.train_arm
+
+  def crash_in_round_two(exp, arm, *args, **kwargs):
+    calls.append(arm.name)
+    if len(calls) == 4:  # Round 2's control arm: after round 2's self arm trained.
+      raise KeyboardInterrupt('killed mid-round')
+    return real_train_arm(exp, arm, *args, **kwargs)
+
+  monkeypatch.setattr(lifecycle, 'train_arm', crash_in_round_two)
+  with pytest.raises(KeyboardInterrupt):
+    _run(tmp_path / 'b', base_dir)
+  monkeypatch.setattr(lifecycle, 'train_arm', real_train_arm)
+  resumed = _run(tmp_path / 'b', base_dir)
+
+  assert resumed['history'] == uninterrupted['history']
+  assert [row['round'] for row in resumed['history']] == [0, 1, 2]
+  for name in (report.TABLE_FILE, report.HISTORY_FILE, report.PLOT_FILE):
+    assert os.path.getsize(tmp_path / 'b' / name) > 0
+  assert os.listdir(tmp_path / 'b' / 'tensorboard')
+  rows = [json.loads(line) for line in open(tmp_path / 'b' / 'metrics.jsonl')]
+  assert [row['step'] for row in rows] == [0, 1, 2]  # no round logged twice
+
+
+def test_benchmark_never_holds_stored_training_prompts(base_dir, tmp_path):
+  _run(tmp_path, base_dir, num_rounds=1)
+  from si_jax.data.store import DataStore  # pylint: disable=g-import-not-at-top
+  from si_jax.evaluation import benchmark  # pylint: disable=g-import-not-at-top
+  store = DataStore(str(tmp_path / 'store'))
+  trained = benchmark.store_hashes(store)
+  assert trained
+  config = tiny_loop_config(str(tmp_path))
+  task = experiment.make_task(config)
+  fresh = benchmark.fresh_benchmark(task, 1, config.seed, config.loop.eval_per_difficulty,
+                                    exclude_hashes=trained)
+  assert not {benchmark.prompt_hash(p.prompt) for p in fresh} & trained
+
+
+def test_planted_reward_hack_is_flagged(base_dir, tmp_path):
+  """A reward that pays for a well-formed answer, right or wrong: the proxy rises while verified
+  accuracy falls, and the monitor says so."""
+  result = _run(tmp_path, base_dir, label='format', temperature=2.0, seed_mix_ratio=0.0,
+                policy='replace', num_rounds=3, sft_steps=20,
+                controller={'regression_tol': 1.0})
+  history = result['history'][1:]
+  assert history[-1]['score'] < result['history'][0]['score']  # verified accuracy fell
+  assert any(row['reward_hacking_flag'] for row in history), history
+
+
+def test_planted_collapse_is_flagged_and_real_data_mixed_back_in(base_dir, tmp_path):
+  """Replace-policy training on the model's own low-temperature samples narrows its outputs;
+  the collapse monitor flags it and the controller mixes real (seed) data back in."""
+  result = _run(tmp_path, base_dir, label='format', temperature=0.3, seed_mix_ratio=0.0,
+                policy='replace', num_rounds=4, sft_steps=20, min_agreement=0.0,
+                controller={'regression_tol': 1.0})
+  history = result['history'][1:]
+  flagged = [i for i, row in enumerate(history) if row['collapse_flag']]
+  assert flagged, [(row['distinct_2'], row['token_entropy']) for row in history]
+  first = flagged[0]
+  assert history[first]['action'] == 'mix_real_data'
+  assert 'collapse' in history[first]['reason']
+  mixed = next(i for i, row in enumerate(history) if row['action'] == 'mix_real_data')
+  assert mixed + 1 < len(history), 'no round left to see the real data come back'
+  assert all(row['real_examples'] == 0 for row in history[:mixed + 1])
+  assert all(row['real_examples'] > 0 for row in history[mixed + 1:])
+
+
+def test_bad_loop_settings_name_the_field(tmp_path):
+  config = tiny_loop_config(str(tmp_path), label='oracle')
+  with pytest.raises(ValueError, match='config.loop.label'):
+    lifecycle.run(config)
