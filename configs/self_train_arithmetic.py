@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_size = 500  # Held-out problems the base phase reports on.
 
   c.loop = ml_collections.ConfigDict()  # si_jax/lifecycle.py
-  c.loop.num_rounds = 6
+  c.loop.num_rounds = 8
   c.loop.problems_per_round = 1000  # Fresh problems acquired per round.
   c.loop.start_difficulty = 0  # Top level of the first round's mix; 0: every level.
   c.loop.group_size = 8  # Samples per prompt (k).
@@ -52,13 +52,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.loop.select_score = ''  # Optional selection score (si_jax/lifecycle.SELECT_SCORES).
   c.loop.select_fraction = 1.0  # Fraction of the labelled examples the score keeps.
   c.loop.policy = 'accumulate'  # Self-generated data: every round's ('accumulate') or the last.
-  c.loop.seed_mix_ratio = 0.5  # Share of seed (real) data in each round's training set.
+  c.loop.seed_mix_ratio = 0.25  # Share of seed (real) data in each round's training set.
   c.loop.sft_steps = 200  # Update steps per round, for both arms.
   c.loop.batch_size = 64
   c.loop.max_epochs = 1e9  # No cap on passes over a round's data.
   c.loop.eval_per_difficulty = 200  # Fresh benchmark problems per level and round.
   c.loop.heldout_size = 256  # Real held-out data for the perplexity monitor.
-  c.loop.collapse_drop = 0.3  # Collapse flag: distinct-2 or entropy fell this much (relative).
+  c.loop.collapse_drop = 0.3  # Collapse flag: sample diversity or entropy fell this much.
   c.loop.stop_on_plateau = False  # Stop when the controller says so (else only log it).
   c.loop.controller = ml_collections.ConfigDict()  # si_jax/evaluation/controller.py
   c.loop.controller.raise_at = 0.8

@@ -121,7 +121,7 @@ def label(task, loop, problems, samples, round_idx: int, model_step: int):
         'scores': {'agreement': float(share), 'learnability': float(share * (1 - share))},
         'source': 'self', 'round': round_idx, 'model_step': model_step,
         'difficulty': problem.difficulty, 'successes': share * k, 'attempts': k})
-  stats = {'label_accuracy': float(np.mean(correct)) if correct else float('nan'),
+  stats = {'label_accuracy': float(np.mean(correct)) if correct else None,  # None: none kept.
            'sampled_accuracy': float(np.mean(success_rates)),
            'proxy_reward': float(np.mean(proxy))}
   return examples, counts, stats
@@ -293,6 +293,7 @@ def run(config) -> dict:
              **counts, **stats, **select_summary, 'train_examples': len(train_set),
              'real_examples': num_real,
              'train_loss': logged.get('loss', float('nan')),
+             'diversity': float(np.mean([len(set(group)) / len(group) for group in texts])),
              'distinct_2': monitors.distinct_n(flat, 2),
              'token_entropy': monitors.token_entropy(-np.asarray(out.sampling_logprobs), mask),
              'heldout_perplexity': monitors.perplexity(
@@ -301,7 +302,7 @@ def run(config) -> dict:
              'gen_verification_gap': _gap(task, problems, texts)}
       history = [*progress['history'][1:], row]
       flags = {
-          'collapse': monitors.collapse([h['distinct_2'] for h in history],
+          'collapse': monitors.collapse([h['diversity'] for h in history],
                                         [h['token_entropy'] for h in history],
                                         drop=loop.collapse_drop),
           'reward_hacking': monitors.reward_hacking([h['proxy_reward'] for h in history],

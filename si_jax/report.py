@@ -69,7 +69,7 @@ def round_table(history: Sequence[dict[str, Any]], difficulties: Sequence[int]) 
   """Markdown: accuracy (%) by level for both arms, then what the round did and decided."""
   levels = [level_key(d) for d in difficulties]
   head = (['round', 'level'] + [f'self {k}' for k in levels] + [f'ctrl {k}' for k in levels] +
-          ['label acc', 'kept', 'distinct-2', 'entropy', 'decision'])
+          ['label acc', 'kept', 'diversity', 'entropy', 'decision'])
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for row in history:
     cells = [str(row['round']), str(row.get('difficulty', '-'))]
@@ -77,7 +77,7 @@ def round_table(history: Sequence[dict[str, Any]], difficulties: Sequence[int]) 
     cells += [_pct(row['control'].get(k)) for k in levels]
     cells += [_pct(row.get('label_accuracy')),
               f"{row['selected']}/{row['problems']}" if 'selected' in row else '-',
-              f"{row['distinct_2']:.3f}" if 'distinct_2' in row else '-',
+              f"{row['diversity']:.3f}" if 'diversity' in row else '-',
               f"{row['token_entropy']:.3f}" if 'token_entropy' in row else '-',
               row.get('action', '')]
     lines.append('| ' + ' | '.join(cells) + ' |')

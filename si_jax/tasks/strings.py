@@ -35,3 +35,9 @@ class StringTask(Task):
     if not self.min_len <= len(s) <= self.max_len or set(s) - set(self.letters):
       return None
     return s[::-1] if self.reverse else s
+
+  def plausible_answer(self, prompt: str, answer: str) -> bool:
+    """The output is as long as the input and uses the input's letters (multiset): a reversal
+    or copy can be nothing else. Read off the prompt: no label."""
+    return (isinstance(prompt, str) and isinstance(answer, str) and prompt.endswith('>') and
+            sorted(answer) == sorted(prompt[:-1]))
