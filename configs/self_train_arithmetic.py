@@ -6,7 +6,8 @@
 The only labels of the run are the seed set (config.data.seed_set_size problems), on which a
 3-layer model trains briefly from scratch (config.train: the base phase, into <workdir>/base).
 Then each round (si_jax/lifecycle.py) acquires fresh problems, samples k answers each,
-pseudo-labels by majority vote, keeps the agreed, plausibly shaped answers, fine-tunes on the
+pseudo-labels by majority vote over the samples of the problem and of its commuted twin (b+a),
+keeps answers that 3/4 of them agree on and whose shape is plausible, fine-tunes on the
 accumulated store plus some seed data, and evaluates on a fresh benchmark; a control arm takes
 the same steps on the seed set only. Outputs in workdir: rounds.md (the per-round table),
 accuracy.png, metrics.jsonl, tensorboard/, checkpoints/, store/.
@@ -44,11 +45,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.loop.start_difficulty = 0  # Top level of the first round's mix; 0: every level.
   c.loop.group_size = 8  # Samples per prompt (k).
   c.loop.rewrites = True  # Also sample the task's equivalent rewrites (a+b -> b+a); vote on all.
+  c.loop.train_rewrites = False  # Train on every rewrite of a kept problem, not just itself.
   c.loop.top_level_share = 0.5  # Share of the acquired problems at the controller's top level.
   c.loop.temperature = 1.0  # Sampling temperature.
   c.loop.max_new_tokens = 8  # Completion budget (answers have <= max_digits + 1 digits).
   c.loop.label = 'majority'  # 'majority' (no labels) or 'verifier' (verifiable reward).
-  c.loop.min_agreement = 0.5  # Keep a pseudo-label when this share of the k samples agree.
+  c.loop.min_agreement = 0.75  # Keep a pseudo-label when this share of its samples agree.
   c.loop.select_score = ''  # Optional selection score (si_jax/lifecycle.SELECT_SCORES).
   c.loop.select_fraction = 1.0  # Fraction of the labelled examples the score keeps.
   c.loop.policy = 'accumulate'  # Self-generated data: every round's ('accumulate') or the last.
@@ -58,7 +60,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.loop.max_epochs = 1e9  # No cap on passes over a round's data.
   c.loop.eval_per_difficulty = 200  # Fresh benchmark problems per level and round.
   c.loop.heldout_size = 256  # Real held-out data for the perplexity monitor.
-  c.loop.collapse_drop = 0.3  # Collapse flag: sample diversity or entropy fell this much.
+  c.loop.collapse_drop = 0.3  # Collapse flag: sample diversity or entropy fell this much,
+  c.loop.collapse_perplexity_rise = 0.05  # ... and held-out perplexity rose this much.
   c.loop.stop_on_plateau = False  # Stop when the controller says so (else only log it).
   c.loop.controller = ml_collections.ConfigDict()  # si_jax/evaluation/controller.py
   c.loop.controller.raise_at = 0.8

@@ -269,6 +269,9 @@ def run(config) -> dict:
       texts, out = generate(sampler, arm.state.params, exp.tokenizer, task, problems, loop,
                             seed=config.seed * 7919 + rnd)
       examples, counts, stats = label(task, loop, problems, texts, rnd, int(arm.state.step))
+      if loop.rewrites and loop.train_rewrites:  # Every view of a kept problem, one label.
+        examples = [{**ex, 'prompt': view} for ex in examples
+                    for view in task.equivalent_prompts(ex['prompt'])]
       # 4: select.
       selector = (adaptive.SelectorState.from_dict(progress['selector'])
                   if progress['selector'] else None)
@@ -302,9 +305,7 @@ def run(config) -> dict:
              'gen_verification_gap': _gap(task, problems, texts)}
       history = [*progress['history'][1:], row]
       flags = {
-          'collapse': monitors.collapse([h['diversity'] for h in history],
-                                        [h['token_entropy'] for h in history],
-                                        drop=loop.collapse_drop),
+          'collapse': collapse_flag(history, loop),
           'reward_hacking': monitors.reward_hacking([h['proxy_reward'] for h in history],
                                                     [h['score'] for h in history]),
       }
@@ -342,17 +343,32 @@ def run(config) -> dict:
           'control_score': last['control_score'], 'history': progress['history']}
 
 
+def collapse_flag(history: list[dict], loop) -> dict:
+  """Collapse: the samples narrowed (diversity or entropy fell by loop.collapse_drop since the
+  first round) *and* real held-out data got less likely (perplexity rose by more than
+  loop.collapse_perplexity_rise). Narrowing alone is also what healthy learning looks like."""
+  flag = monitors.collapse([h['diversity'] for h in history],
+                           [h['token_entropy'] for h in history], drop=loop.collapse_drop)
+  first, last = history[0]['heldout_perplexity'], history[-1]['heldout_perplexity']
+  rose = last > first * (1 + loop.collapse_perplexity_rise)
+  return {**flag, 'flag': flag['flag'] and rose, 'perplexity_first': first,
+          'perplexity_last': last,
+          'reason': f"{flag['reason']}; held-out perplexity {first:.3f} -> {last:.3f}"}
+
+
 def _keyed(per_level: dict[int, float]) -> dict[str, float]:
   """JSON-safe keys ('d<level>'): the history lives in checkpoint metadata."""
   return {report.level_key(d): v for d, v in per_level.items()}
 
 
 def _gap(task, problems, texts) -> float:
-  """pass@k - pass@1 on the round's problems (verified: reporting only, never trained on)."""
+  """pass@k - pass@1 on the round's problems, k the smallest group (verified: reporting only,
+  never trained on)."""
   c = np.asarray([sum(task.verify(p, t) >= 1.0 for t in group)
                   for p, group in zip(problems, texts)])
-  n = np.full_like(c, len(texts[0]))
-  return monitors.gen_verification_gap(eval_metrics.pass_at_k(n, c, len(texts[0])),
+  n = np.asarray([len(group) for group in texts])
+  k = int(n.min())
+  return monitors.gen_verification_gap(eval_metrics.pass_at_k(n, c, k),
                                        eval_metrics.pass_at_k(n, c, 1))
 
 
