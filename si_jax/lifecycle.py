@@ -35,7 +35,7 @@ import tqdm
 from si_jax import checkpoint, experiment, report, sampling, train, train_state
 from si_jax.data.store import DataStore
 from si_jax.evaluation import accuracy, benchmark, controller, metrics as eval_metrics, monitors
-from si_jax.optimization import rounds
+from si_jax.optimization import rewards, rounds
 from si_jax.selection import adaptive, scores as selection_scores
 
 LABELS = ('majority', 'verifier', 'format')
@@ -102,10 +102,11 @@ def label(task, loop, problems, samples, round_idx: int, model_step: int):
       answer, share = (verified[0], len(verified) / k) if verified else (None, 0.0)
     elif loop.label == 'format':
       answer, share = (plausible[0], len(plausible) / k) if plausible else (None, 0.0)
+    elif plausible:  # Majority over the plausible answers; its share counts all k samples.
+      (answer,), (plausible_share,) = rewards.majority_labels(task, plausible, len(plausible))
+      share = float(plausible_share) * len(plausible) / k
     else:
-      values, votes = np.unique(plausible, return_counts=True) if plausible else ([], [])
-      best = int(np.argmax(votes)) if len(votes) else None
-      answer, share = (None, 0.0) if best is None else (str(values[best]), votes[best] / k)
+      answer, share = None, 0.0
     success_rates.append(float(np.mean([task.verify(problem, c) for c in group])))
     proxy.append(share)
     counts['labelled'] += any(a is not None for a in answers)
@@ -186,6 +187,15 @@ def evaluate(exp, params, problems, max_new_tokens: int) -> tuple[float, dict[in
   return float(np.mean(list(per_level.values()))), per_level
 
 
+def benchmark_problems(task, loop, seed: int, round_idx: int, store: DataStore,
+                       seed_examples: list[dict]) -> list:
+  """The round's benchmark: fresh problems never trained on, in the store or in the seed set."""
+  trained = benchmark.store_hashes(store) | {benchmark.prompt_hash(ex['prompt'])
+                                             for ex in seed_examples}
+  return benchmark.fresh_benchmark(task, round_idx, seed, loop.eval_per_difficulty,
+                                   exclude_hashes=trained)
+
+
 # --- The loop -----------------------------------------------------------------------------------
 
 
@@ -240,11 +250,8 @@ def run(config) -> dict:
   max_new = loop.max_new_tokens
   tb = report.TensorBoard(os.path.join(workdir, 'tensorboard'))
 
-  seed_hashes = frozenset(benchmark.prompt_hash(ex['prompt']) for ex in seed_examples)
-
-  def bench(r):  # Fresh problems never trained on: neither in the store nor in the seed set.
-    return benchmark.fresh_benchmark(task, r, config.seed, loop.eval_per_difficulty,
-                                     exclude_hashes=benchmark.store_hashes(store) | seed_hashes)
+  def bench(r):
+    return benchmark_problems(task, loop, config.seed, r, store, seed_examples)
 
   def checkpoint_round(r):
     exp.state = arm.state

@@ -70,18 +70,22 @@ def test_killed_mid_round_resumes_to_the_same_metrics(base_dir, tmp_path, monkey
   assert [row['step'] for row in rows] == [0, 1, 2]  # no round logged twice
 
 
-def test_benchmark_never_holds_stored_training_prompts(base_dir, tmp_path):
+def test_benchmark_never_holds_training_prompts(base_dir, tmp_path):
+  """The loop's benchmark excludes everything it trained on: the store and the seed set."""
   _run(tmp_path, base_dir, num_rounds=1)
+  from si_jax import train  # pylint: disable=g-import-not-at-top
   from si_jax.data.store import DataStore  # pylint: disable=g-import-not-at-top
-  from si_jax.evaluation import benchmark  # pylint: disable=g-import-not-at-top
-  store = DataStore(str(tmp_path / 'store'))
-  trained = benchmark.store_hashes(store)
-  assert trained
   config = tiny_loop_config(str(tmp_path))
   task = experiment.make_task(config)
-  fresh = benchmark.fresh_benchmark(task, 1, config.seed, config.loop.eval_per_difficulty,
-                                    exclude_hashes=trained)
-  assert not {benchmark.prompt_hash(p.prompt) for p in fresh} & trained
+  store = DataStore(str(tmp_path / 'store'))
+  stored = {ex['prompt'] for r in store.rounds() for ex in store.read_round(r)}
+  seed = [{'prompt': p.prompt} for p in train.seed_set(config, task)]
+  assert stored and seed
+  fresh = {p.prompt for p in lifecycle.benchmark_problems(task, config.loop, config.seed, 2,
+                                                          store, seed)}
+  assert len(fresh) == config.loop.eval_per_difficulty * len(task.difficulties)
+  assert not fresh & stored
+  assert not fresh & {ex['prompt'] for ex in seed}
 
 
 def test_planted_reward_hack_is_flagged(base_dir, tmp_path):
