@@ -41,6 +41,17 @@ def tiny_sft_config(workdir: str, **train_overrides):
   return c
 
 
+def data_parallel(config):
+  """Puts a learning test's config on the pure data-parallel mesh (data=-1).
+
+  On fake CPU devices FSDP's parameter gathers dominate a tiny model's step: 35 ms data-parallel,
+  78 ms on data=2 x fsdp=4, 122 ms on fsdp=8 (3-layer d=64 SFT step, batch 64, this machine).
+  Learning tests check learning; sharding has its own equality tests.
+  """
+  config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
+  return config
+
+
 @pytest.fixture(scope='session')
 def tiny_cfg():
   return tiny_model_config()

@@ -10,6 +10,7 @@ from configs import grpo_addition
 from si_jax import experiment, sampling
 from si_jax.evaluation import accuracy
 from si_jax.optimization import online_rl
+from tests.conftest import data_parallel
 
 
 def reverse_config(workdir: str) -> ml_collections.ConfigDict:
@@ -21,7 +22,7 @@ def reverse_config(workdir: str) -> ml_collections.ConfigDict:
   c.data.seq_len, c.rl.max_new_tokens = 20, 10
   c.train.num_steps = 60  # weak: ~25% greedy exact match
   c.rl.prompts_per_iteration, c.rl.group_size, c.rl.epochs = 16, 16, 2
-  return c
+  return data_parallel(c)
 
 
 @pytest.fixture(scope='module')

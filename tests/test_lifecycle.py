@@ -7,6 +7,7 @@ import pytest
 
 from configs import self_train_arithmetic
 from si_jax import experiment, lifecycle, main, report
+from tests.conftest import data_parallel
 
 
 def tiny_loop_config(workdir: str, **loop_overrides):
@@ -20,13 +21,75 @@ def tiny_loop_config(workdir: str, **loop_overrides):
   c.train.num_steps, c.train.eval_size, c.train.log_every = 80, 64, 40
   c.model.num_layers = 2
   c.base_learning_rate, c.base_schedule = 1e-2, 'cosine'
-  c.mesh.data, c.mesh.fsdp = 2, -1  # 8 fake devices.
+  data_parallel(c)
   loop = dict(num_rounds=2, problems_per_round=64, group_size=4, max_new_tokens=6,
               sft_steps=10, batch_size=32, eval_per_difficulty=32, heldout_size=32)
   loop.update(loop_overrides)
   for key, value in loop.items():
     c.loop[key] = value
   return c
+
+
+def shrunken_main_job(workdir: str):
+  """configs/self_train_arithmetic.py shrunk to about a minute on 2 cores: levels 2-4 (the seed
+  set scarce at 4), a 1,200-step base, 2 rounds of 600 problems and 150 steps at LR 1e-3.
+
+  At this size the base's level-4 accuracy depends strongly on the seed: 26% at seed 0 (the
+  default, used here), 12% at seed 1, 3% at seed 2, and the loop needs a base that is already
+  partly right to vote its way up. Measured in experiments/self_train/README.md.
+  """
+  c = self_train_arithmetic.get_config()
+  c.workdir = workdir
+  c.task.max_digits = 4
+  c.data.seq_len = 20
+  c.data.seed_set_size, c.data.difficulty_weights = 2000, (1.0, 1.0, 0.15)
+  c.train.num_steps, c.train.eval_size = 1200, 64
+  for key, value in dict(num_rounds=2, problems_per_round=600, top_level_share=0.75,
+                         sft_steps=150, eval_per_difficulty=200, heldout_size=64).items():
+    c.loop[key] = value
+  c.optimizer.learning_rate = 1e-3
+  return data_parallel(c)
+
+
+@pytest.fixture(scope='module')
+def main_job(tmp_path_factory):
+  """(result, config) of one shrunken main-job run: the base phase and the loop, no labels."""
+  config = shrunken_main_job(str(tmp_path_factory.mktemp('main_job')))
+  return main.run(config), config
+
+
+@pytest.mark.xdist_group('main_job')
+def test_main_job_self_improves_above_its_control_arm(main_job):
+  """Majority-vote pseudo-labels alone (ground truth only scores the benchmark) lift fresh-problem
+  accuracy at the hardest level round by round, beyond a control arm given the same steps on the
+  seed set: the gain comes from the self-generated data."""
+  result, _ = main_job
+  hardest = [row['self']['d4'] for row in result['history']]
+  control = [row['control']['d4'] for row in result['history']]
+  assert result['self_hardest'] >= result['base_hardest'] + 0.1, (hardest, control)
+  assert result['self_hardest'] >= result['control_hardest'] + 0.05, (hardest, control)
+  assert min(hardest[1:]) > hardest[0], (hardest, control)  # every round above the base
+  assert sum(hardest[1:]) > sum(control[1:]), (hardest, control)
+  kept = [row['label_accuracy'] for row in result['history'][1:]]
+  assert min(kept) > 0.8, kept  # the votes it kept were mostly right
+
+
+@pytest.mark.xdist_group('main_job')
+def test_benchmark_never_holds_training_prompts(main_job):
+  """The loop's benchmark excludes everything it trained on: the store and the seed set."""
+  _, config = main_job
+  from si_jax import train  # pylint: disable=g-import-not-at-top
+  from si_jax.data.store import DataStore  # pylint: disable=g-import-not-at-top
+  task = experiment.make_task(config)
+  store = DataStore(os.path.join(config.workdir, 'store'))
+  stored = {ex['prompt'] for r in store.rounds() for ex in store.read_round(r)}
+  seed = [{'prompt': p.prompt} for p in train.seed_set(config, task)]
+  assert stored and seed
+  fresh = {p.prompt for p in lifecycle.benchmark_problems(task, config.loop, config.seed, 4,
+                                                          store, seed)}
+  assert len(fresh) == config.loop.eval_per_difficulty * len(task.difficulties)
+  assert not fresh & stored
+  assert not fresh & {ex['prompt'] for ex in seed}
 
 
 @pytest.fixture(scope='module')
@@ -43,6 +106,7 @@ def _run(workdir, base, controller=None, **overrides):
   return main.run(config)
 
 
+@pytest.mark.xdist_group('loop_base')
 def test_killed_mid_round_resumes_to_the_same_metrics(base_dir, tmp_path, monkeypatch):
   uninterrupted = _run(tmp_path / 'a', base_dir)
 
@@ -70,24 +134,7 @@ def test_killed_mid_round_resumes_to_the_same_metrics(base_dir, tmp_path, monkey
   assert [row['step'] for row in rows] == [0, 1, 2]  # no round logged twice
 
 
-def test_benchmark_never_holds_training_prompts(base_dir, tmp_path):
-  """The loop's benchmark excludes everything it trained on: the store and the seed set."""
-  _run(tmp_path, base_dir, num_rounds=1)
-  from si_jax import train  # pylint: disable=g-import-not-at-top
-  from si_jax.data.store import DataStore  # pylint: disable=g-import-not-at-top
-  config = tiny_loop_config(str(tmp_path))
-  task = experiment.make_task(config)
-  store = DataStore(str(tmp_path / 'store'))
-  stored = {ex['prompt'] for r in store.rounds() for ex in store.read_round(r)}
-  seed = [{'prompt': p.prompt} for p in train.seed_set(config, task)]
-  assert stored and seed
-  fresh = {p.prompt for p in lifecycle.benchmark_problems(task, config.loop, config.seed, 2,
-                                                          store, seed)}
-  assert len(fresh) == config.loop.eval_per_difficulty * len(task.difficulties)
-  assert not fresh & stored
-  assert not fresh & {ex['prompt'] for ex in seed}
-
-
+@pytest.mark.xdist_group('loop_base')
 def test_planted_reward_hack_is_flagged(base_dir, tmp_path):
   """A reward that pays for a well-formed answer, right or wrong: the proxy rises while verified
   accuracy falls, and the monitor says so."""
@@ -99,6 +146,7 @@ def test_planted_reward_hack_is_flagged(base_dir, tmp_path):
   assert any(row['reward_hacking_flag'] for row in history), history
 
 
+@pytest.mark.xdist_group('loop_base')
 def test_planted_collapse_is_flagged_and_real_data_mixed_back_in(base_dir, tmp_path):
   """Replace-policy training on the model's own low-temperature samples narrows its outputs;
   the collapse monitor flags it and the controller mixes real (seed) data back in."""

@@ -179,6 +179,7 @@ def _match(problem: Problem, completion: str) -> float:
   return right / max(len(problem.answer), len(completion), 1)
 
 
+@pytest.mark.xdist_group('refine_weak')
 def test_self_refine_stops_at_the_first_passing_critique_and_respects_max_rounds(weak):
   base, _, _, sampler = weak
   problems = base.task.generate(seed=3, n=4, difficulty=5)
@@ -202,6 +203,7 @@ def test_self_refine_stops_at_the_first_passing_critique_and_respects_max_rounds
   assert second.prompt == self_refine.revise_prompt(problems[1].prompt, first.completion)
 
 
+@pytest.mark.xdist_group('refine_weak')
 def test_self_refine_never_returns_a_worse_verified_answer_than_its_first(weak):
   base, _, _, sampler = weak
   problems = base.task.generate(seed=4, n=8, difficulty=6)
@@ -221,6 +223,7 @@ def test_self_refine_never_returns_a_worse_verified_answer_than_its_first(weak):
   assert got_worse, 'no later attempt was worse: the check above could not fail'
 
 
+@pytest.mark.xdist_group('refine_weak')
 def test_reflexion_memory_holds_the_earlier_failures(weak):
   base, _, _, sampler = weak
   problems = base.task.generate(seed=5, n=2, difficulty=4)
@@ -237,6 +240,7 @@ def test_reflexion_memory_holds_the_earlier_failures(weak):
         mem(a[1]) + mem(a[2]) + problem.prompt]  # The oldest failure leaves a full memory.
 
 
+@pytest.mark.xdist_group('refine_weak')
 def test_beam_search_of_width_one_is_greedy_decoding(weak):
   base, _, _, sampler = weak
   problems = accuracy.sample_problems(base.task, [6], 8)
@@ -275,6 +279,7 @@ def _frontier(exp, seed: int) -> list[Problem]:
   return exp.task.generate(seed=seed, n=64, difficulty=5)
 
 
+@pytest.mark.xdist_group('refine_weak')
 def test_ttrl_raises_maj_at_n_on_unlabeled_test_problems(weak):
   _, tt, initial, sampler = weak
   tt.state = rounds.frozen_copy(initial)
@@ -294,6 +299,7 @@ def test_ttrl_raises_maj_at_n_on_unlabeled_test_problems(weak):
   assert answered >= before[1] - 0.05
 
 
+@pytest.mark.xdist_group('refine_weak')
 def test_test_time_sft_makes_the_model_agree_with_its_majority_without_labels(weak):
   _, tt, initial, sampler = weak
   tt.state = rounds.frozen_copy(initial)

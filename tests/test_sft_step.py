@@ -14,7 +14,7 @@ from si_jax.data import batching
 from si_jax.evaluation import accuracy
 from si_jax.optimization import optimizers, sft, train_step
 from si_jax.tokenizers import Tokenizer
-from tests.conftest import tiny_model_config, tiny_sft_config
+from tests.conftest import data_parallel, tiny_model_config, tiny_sft_config
 
 
 @pytest.fixture(scope='module')
@@ -91,7 +91,8 @@ def test_loss_decreases_and_metrics_present(setup):
 
 def test_tiny_model_learns_string_reversal(tmp_path):
   """The stack really learns: >= 99% greedy exact match on reversing strings of length 1-8."""
-  config = tiny_sft_config(str(tmp_path), num_steps=500, batch_size=64, eval_size=300)
+  config = data_parallel(tiny_sft_config(str(tmp_path), num_steps=500, batch_size=64,
+                                         eval_size=300))
   config.checkpoint.every_steps = 1000
   result = train.run(config)
   assert result['exact_match'] >= 0.99, result
