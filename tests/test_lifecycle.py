@@ -6,7 +6,8 @@ import os
 import pytest
 
 from configs import self_train_arithmetic
-from si_jax import experiment, lifecycle, main, report
+from si_jax import experiment, lifecycle, main, report, train
+from si_jax.data.store import DataStore
 from tests.conftest import data_parallel
 
 
@@ -63,9 +64,10 @@ def test_main_job_self_improves_above_its_control_arm(main_job):
   """Majority-vote pseudo-labels alone (ground truth only scores the benchmark) lift fresh-problem
   accuracy at the hardest level round by round, beyond a control arm given the same steps on the
   seed set: the gain comes from the self-generated data."""
-  result, _ = main_job
-  hardest = [row['self']['d4'] for row in result['history']]
-  control = [row['control']['d4'] for row in result['history']]
+  result, config = main_job
+  top = report.level_key(config.task.max_digits)
+  hardest = [row['self'][top] for row in result['history']]
+  control = [row['control'][top] for row in result['history']]
   assert result['self_hardest'] >= result['base_hardest'] + 0.1, (hardest, control)
   assert result['self_hardest'] >= result['control_hardest'] + 0.05, (hardest, control)
   assert min(hardest[1:]) > hardest[0], (hardest, control)  # every round above the base
@@ -77,16 +79,15 @@ def test_main_job_self_improves_above_its_control_arm(main_job):
 @pytest.mark.xdist_group('main_job')
 def test_benchmark_never_holds_training_prompts(main_job):
   """The loop's benchmark excludes everything it trained on: the store and the seed set."""
-  _, config = main_job
-  from si_jax import train  # pylint: disable=g-import-not-at-top
-  from si_jax.data.store import DataStore  # pylint: disable=g-import-not-at-top
+  result, config = main_job
   task = experiment.make_task(config)
   store = DataStore(os.path.join(config.workdir, 'store'))
   stored = {ex['prompt'] for r in store.rounds() for ex in store.read_round(r)}
   seed = [{'prompt': p.prompt} for p in train.seed_set(config, task)]
   assert stored and seed
-  fresh = {p.prompt for p in lifecycle.benchmark_problems(task, config.loop, config.seed, 4,
-                                                          store, seed)}
+  next_round = result['rounds'] + 1
+  fresh = {p.prompt for p in lifecycle.benchmark_problems(task, config.loop, config.seed,
+                                                          next_round, store, seed)}
   assert len(fresh) == config.loop.eval_per_difficulty * len(task.difficulties)
   assert not fresh & stored
   assert not fresh & {ex['prompt'] for ex in seed}
