@@ -43,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.warmup_steps = 100  # Linear warmup from 0.
   c.optimizer.decay_fraction = 0.2  # 'wsd' only: fraction of steps spent decaying.
   c.optimizer.end_lr_fraction = 0.1  # Final LR as a fraction of the peak.
+  c.optimizer.restart_every = 0  # > 0: restart the schedule every that many steps (per round).
   c.optimizer.b1 = 0.9  # Adam beta1.
   c.optimizer.b2 = 0.98  # Adam beta2.
   c.optimizer.eps = 1e-9  # Adam epsilon.

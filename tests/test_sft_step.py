@@ -110,6 +110,16 @@ def test_schedules_warm_up_then_follow_shape(schedule):
     assert float(fn(75)) == pytest.approx(1.0)  # stable phase before the last 20% decay.
 
 
+def test_schedule_restarts_every_cycle():
+  cfg = ml_collections.ConfigDict(dict(base.get_config().optimizer))
+  cfg.schedule, cfg.warmup_steps, cfg.learning_rate, cfg.restart_every = 'cosine', 5, 1.0, 20
+  fn = optimizers.make_schedule(cfg, total_steps=100)
+  cycle = [float(fn(s)) for s in range(20)]
+  assert cycle[0] == 0.0 and cycle[5] == pytest.approx(1.0)
+  assert cycle[19] < 0.2  # decayed by the cycle's end ...
+  assert [float(fn(s)) for s in range(40, 60)] == pytest.approx(cycle)  # ... then starts over.
+
+
 def test_bad_schedule_is_named():
   cfg = ml_collections.ConfigDict(dict(base.get_config().optimizer))
   cfg.schedule = 'linear'

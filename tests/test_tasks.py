@@ -65,6 +65,19 @@ def test_reversed_addition_format():
   assert len({tuple(sorted(map(len, p.prompt[:-1].split('+')))) for p in problems}) > 3
 
 
+def test_padded_addition_has_one_layout_per_level():
+  """pad_operands: both operands zero-padded to the level's width, so a+b=... always reads
+  d digits, '+', d digits; the sum (and its commuted twin's) stays the plain sum."""
+  task = tasks.get_task('addition_reversed', max_digits=5, pad_operands=True)
+  for d in task.difficulties:
+    for p in task.generate(seed=1, n=50, difficulty=d):
+      a, b = p.prompt[:-1].split('+')
+      assert len(a) == len(b) == d
+      assert p.answer == str(int(a[::-1]) + int(b[::-1])).zfill(d + 1)[::-1]
+      assert task.solve(task.equivalent_prompts(p.prompt)[-1]) == p.answer
+      assert task.plausible_answer(p.prompt, p.answer)
+
+
 def test_multiplication_chain_of_thought_sums_to_answer():
   task = tasks.get_task('multiplication_cot')
   for p in task.generate(seed=0, n=50, difficulty=4):

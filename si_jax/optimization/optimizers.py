@@ -9,7 +9,19 @@ SCHEDULES = ('cosine', 'wsd', 'constant')
 
 
 def make_schedule(cfg, total_steps: int) -> optax.Schedule:
-  """Linear warmup, then cosine decay, warmup-stable-decay (WSD), or constant."""
+  """Linear warmup, then cosine decay, warmup-stable-decay (WSD), or constant.
+
+  cfg.restart_every > 0 restarts the whole shape (warmup included) every that many steps: one
+  cycle per round of a self-training loop, so each round's new data gets a fresh warmup and a
+  decay to its end (SGDR, Loshchilov & Hutter 2017) however many rounds came before.
+  """
+  if cfg.restart_every > 0:
+    cycle = _schedule(cfg, cfg.restart_every)
+    return lambda step: cycle(step % cfg.restart_every)
+  return _schedule(cfg, total_steps)
+
+
+def _schedule(cfg, total_steps: int) -> optax.Schedule:
   peak, warmup = cfg.learning_rate, min(cfg.warmup_steps, total_steps)
   end = peak * cfg.end_lr_fraction
   if cfg.schedule == 'cosine':

@@ -45,16 +45,23 @@ def _batches(n: int, batch_size: int, num_steps: int, seed: int, max_epochs: flo
     order = order[batch_size:]
 
 
-def train_sft(exp: Experiment, step_fn, prompts: list[str], completions: list[str], *,
-              num_steps: int, batch_size: int, seed: int, max_epochs: float) -> dict:
-  """num_steps SFT updates on the examples; updates exp.state; returns the last metrics."""
-  state, last = exp.state, {}
+def fit_sft(exp: Experiment, step_fn, state, prompts: list[str], completions: list[str], *,
+            num_steps: int, batch_size: int, seed: int, max_epochs: float):
+  """num_steps SFT updates of `state` (donated) on the examples: (new state, last metrics)."""
+  last = {}
   for idx in _batches(len(prompts), batch_size, num_steps, seed, max_epochs):
     batch = batching.sft_batch(exp.tokenizer, [prompts[i] for i in idx],
                                [completions[i] for i in idx], exp.config.data.seq_len)
     state, last = step_fn(state, sharding.shard_batch(batch, exp.mesh))
-  exp.state = state
-  return metrics.to_python(last) if last else {}
+  return state, (metrics.to_python(last) if last else {})
+
+
+def train_sft(exp: Experiment, step_fn, prompts: list[str], completions: list[str], *,
+              num_steps: int, batch_size: int, seed: int, max_epochs: float) -> dict:
+  """`fit_sft` on exp.state, in place; returns the last metrics."""
+  exp.state, last = fit_sft(exp, step_fn, exp.state, prompts, completions, num_steps=num_steps,
+                            batch_size=batch_size, seed=seed, max_epochs=max_epochs)
+  return last
 
 
 def pair_arrays(tokenizer, prompts, chosen, rejected, width: int) -> dict[str, np.ndarray]:

@@ -3,6 +3,9 @@
 Reversed addition follows Lee et al. 2025: prompt `a[::-1]+b[::-1]=`, answer `str(a+b)[::-1]`
 zero-padded to d+1 digits, so the model writes the least significant digit first, the order in
 which carries propagate. Difficulty d = digits of the longer operand; the other has 1..d digits.
+With `pad_operands` both operands are zero-padded to d digits, so every problem of a level has
+one layout (digit i of a and of b always d+1 positions apart): a model learns each level from
+fewer examples, the aligned format of Lee et al.'s and Zhou et al.'s arithmetic studies.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class AdditionTask(Task):
   reverse: bool = True
   min_digits: int = 1
   max_digits: int = 8
+  pad_operands: bool = False  # Zero-pad both operands to the level's d digits.
 
   def __post_init__(self):
     self.name = 'addition_reversed' if self.reverse else 'addition'
@@ -40,10 +44,9 @@ class AdditionTask(Task):
     b = _number(rng, int(rng.integers(1, difficulty + 1)))
     if rng.random() < 0.5:
       a, b = b, a
-    if self.reverse:
-      prompt = f'{str(a)[::-1]}+{str(b)[::-1]}='
-    else:
-      prompt = f'{a}+{b}='
+    width = difficulty if self.pad_operands else 0
+    a, b = str(a).zfill(width), str(b).zfill(width)
+    prompt = f'{a[::-1]}+{b[::-1]}=' if self.reverse else f'{a}+{b}='
     return Problem(prompt=prompt, answer=self.solve(prompt), difficulty=difficulty)
 
   def alphabet(self) -> str:
