@@ -27,11 +27,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.task.name = 'addition_reversed'  # Any task of si_jax/tasks with a verifier (for evaluation).
   c.task.min_digits = 2  # Easiest level (1-digit sums are too few for fresh benchmarks).
   c.task.max_digits = 5  # Hardest level.
+  c.task.pad_operands = False  # Zero-pad both operands to the level's width (one layout).
 
   c.data = ml_collections.ConfigDict()
   c.data.seq_len = 24  # bos + 'a+b=' + answer + eos (model samples longer than that are cut).
   c.data.seed_set_size = 3000  # The labelled seed set: the only labels of the run.
   c.data.difficulty_weights = (1.0, 1.0, 0.2, 0.1)  # Seed set mix: few hard problems.
+  c.data.seed_validation_size = 300  # Held out of the seed set: monitors and control tuning.
 
   c.train = ml_collections.ConfigDict()  # The base phase: brief SFT on the seed set.
   c.train.num_steps = 2000
@@ -59,9 +61,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.loop.batch_size = 64
   c.loop.max_epochs = 1e9  # No cap on passes over a round's data.
   c.loop.eval_per_difficulty = 200  # Fresh benchmark problems per level and round.
-  c.loop.heldout_size = 256  # Real held-out data for the perplexity monitor.
+  c.loop.monitor_z = 2.0  # Monitors flag a change beyond this many standard errors only.
+  c.loop.hacking_fall = 0.05  # Reward-hacking flag: proxy up, held-out seed accuracy down this.
   c.loop.collapse_drop = 0.3  # Collapse flag: sample diversity or entropy fell this much,
-  c.loop.collapse_perplexity_rise = 0.05  # ... and held-out perplexity rose this much.
+  c.loop.collapse_nll_rise = 0.05  # ... and held-out seed NLL rose this much (relative).
+  c.loop.control_arm = ml_collections.ConfigDict()  # si_jax/optimization/tuned_sft.py
+  c.loop.control_arm.learning_rates = (5e-4, 1e-3, 2e-3)  # Swept on the seed set, from the base,
+  c.loop.control_arm.schedules = ('constant', 'cosine')  # chosen by held-out seed loss.
   c.loop.stop_on_plateau = False  # Stop when the controller says so (else only log it).
   c.loop.controller = ml_collections.ConfigDict()  # si_jax/evaluation/controller.py
   c.loop.controller.raise_at = 0.8

@@ -34,7 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.loop.sft_steps = 500
   c.loop.batch_size = 256
   c.loop.eval_per_difficulty = 500
-  c.loop.heldout_size = 1024
+  c.data.seed_validation_size = 2000
+  c.loop.control_arm.learning_rates = (1e-4, 3e-4, 1e-3)
   c.optimizer.learning_rate = 3e-4
   c.optimizer.warmup_steps = 200
   c.base_learning_rate = 3e-4

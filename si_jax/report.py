@@ -66,17 +66,23 @@ def _pct(x) -> str:
 
 
 def round_table(history: Sequence[dict[str, Any]], difficulties: Sequence[int]) -> str:
-  """Markdown: accuracy (%) by level for both arms, then what the round did and decided."""
+  """Markdown: accuracy (%) by level for both arms, the gain over the control at the hardest
+  level (paired, 95% interval), then what the round did, saw and decided."""
   levels = [level_key(d) for d in difficulties]
   head = (['round', 'level'] + [f'self {k}' for k in levels] + [f'ctrl {k}' for k in levels] +
-          ['label acc', 'kept', 'diversity', 'entropy', 'decision'])
+          [f'self - ctrl {levels[-1]} (95% CI)', 'label acc', 'kept', 'val acc', 'diversity',
+           'entropy', 'decision'])
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   for row in history:
     cells = [str(row['round']), str(row.get('difficulty', '-'))]
     cells += [_pct(row['self'].get(k)) for k in levels]
     cells += [_pct(row['control'].get(k)) for k in levels]
-    cells += [_pct(row.get('label_accuracy')),
+    gain = row.get('gain_over_control')
+    cells += [f"{100 * gain['mean']:+.0f} ({100 * gain['low']:+.0f}, {100 * gain['high']:+.0f})"
+              if gain else '-',
+              _pct(row.get('label_accuracy')),
               f"{row['selected']}/{row['problems']}" if 'selected' in row else '-',
+              _pct(row.get('validation_accuracy')),
               f"{row['diversity']:.3f}" if 'diversity' in row else '-',
               f"{row['token_entropy']:.3f}" if 'token_entropy' in row else '-',
               row.get('action', '')]

@@ -29,6 +29,18 @@ def seed_set(config, task) -> list:
                                   data.get('difficulty_weights', None))
 
 
+def seed_split(config, task) -> tuple[list, list]:
+  """The seed set as (training, validation): the last data.seed_validation_size problems are
+  held out from all training (the base, the loop, the control), minus any whose prompt the
+  training split also holds. The validation slice is where a label-free loop may still read
+  labels: they were paid for with the seed set, and no round's own problem is among them."""
+  problems = seed_set(config, task)
+  n_train = len(problems) - config.data.get('seed_validation_size', 0)
+  train_split = problems[:n_train]
+  seen = {p.prompt for p in train_split}
+  return train_split, [p for p in problems[n_train:] if p.prompt not in seen]
+
+
 def _batch_problems(config, task, step: int, pool):
   if pool is None:  # Unlimited labels: fresh problems every step.
     return accuracy.sample_problems(task, [config.seed, 0, step], config.train.batch_size)
@@ -49,7 +61,7 @@ def run(config) -> dict:
                                  config.optimizer.grad_accum_steps), exp.shardings, mesh)
   writer, ckpt = exp.writer, exp.ckpt
   first_step, num_steps = int(state.step), config.train.num_steps
-  pool = seed_set(config, task) if config.data.get('seed_set_size', 0) else None
+  pool = seed_split(config, task)[0] if config.data.get('seed_set_size', 0) else None
   try:  # Close (wait for pending async saves) even when interrupted.
     bar = tqdm.trange(first_step, num_steps, initial=first_step, total=num_steps, desc='sft')
     for step in bar:

@@ -12,7 +12,7 @@ COLLAPSE = {'collapse': {'flag': True, 'distinct': 0.12, 'threshold': 0.3}}
 
 
 def run(rounds, cfg=CFG, state=None):
-  """Feeds (score, accuracy_by_difficulty, flags) per round; returns the decisions and state."""
+  """Feeds (score, confidence_by_difficulty, flags) per round; returns the decisions and state."""
   state = state or controller.ControllerState()
   decisions = []
   for r, (score, acc, flags) in enumerate(rounds):
@@ -33,7 +33,7 @@ def test_continue_then_raise_difficulty_up_to_the_maximum():
   assert [h['round'] for h in state.history] == [0, 1, 2, 3]
 
 
-def test_missing_accuracy_at_the_top_difficulty_continues():
+def test_missing_confidence_at_the_top_difficulty_continues():
   decisions, _ = run([(0.5, {}, {})])
   assert decisions[0].action == 'continue' and 'n/a' in decisions[0].reason
 
@@ -46,6 +46,9 @@ def test_regression_beyond_tolerance_rolls_back_to_the_best_round():
   assert decisions[3].rollback_to == 1
   assert all(n in decisions[3].reason for n in ('0.550', '0.150', '0.700', '0.100', 'round 1'))
   assert (state.best_score, state.best_round) == (0.7, 1)
+  # The same fall, when noise alone explains up to 0.2 of it, is no regression.
+  noisy, _ = controller.decide(state, 4, 0.55, {1: 0.5}, {}, CFG, noise=0.2)
+  assert noisy.action != 'rollback'
 
 
 def test_planted_collapse_flag_mixes_real_data_back_in():

@@ -160,15 +160,30 @@ def test_diversity_measures_separate_collapse_from_diversity():
   assert monitors.token_entropy([[1.0, 3.0], [2.0, 9.0]], [[True, True], [True, False]]) == 2.0
 
 
-def test_reward_hacking_flag():
-  hacked = monitors.reward_hacking([0.2, 0.5, 0.8], [0.5, 0.4, 0.3])
-  assert hacked['flag'] and '0.200 -> 0.800' in hacked['reason']
-  assert '0.500 -> 0.300' in hacked['reason']
-  healthy = monitors.reward_hacking([0.2, 0.5, 0.8], [0.3, 0.4, 0.6])
+def test_paired_change_is_mean_difference_with_its_standard_error():
+  before, after = [0.0, 1.0, 1.0, 0.0, 1.0], [1.0, 1.0, 1.0, 0.0, 0.0]
+  change, se = metrics.paired_change(before, after)
+  diff = np.subtract(after, before)
+  assert change == pytest.approx(diff.mean())
+  assert se == pytest.approx(diff.std(ddof=1) / math.sqrt(5))
+  with pytest.raises(ValueError, match='paired_change'):
+    metrics.paired_change([1.0, 0.0], [1.0])
+
+
+def test_reward_hacking_needs_both_moves_beyond_two_standard_errors():
+  rng = np.random.default_rng(0)
+  truth = (rng.random(400) < 0.9).astype(float)
+  worse = np.where(rng.random(400) < 0.3, 0.0, truth)  # 30% of the right answers lost.
+  hacked = monitors.reward_hacking((0.8, 0.01), (0.5, 0.01), truth, worse)
+  assert hacked['flag'] and '0.500 -> 0.800' in hacked['reason'], hacked
+  # The same fall with a flat proxy, or a proxy rise within its noise, is not a hack.
+  assert not monitors.reward_hacking((0.5, 0.01), (0.5, 0.01), truth, worse)['flag']
+  assert not monitors.reward_hacking((0.53, 0.02), (0.5, 0.02), truth, worse)['flag']
+  # A proxy rise with accuracy unchanged but for a few flipped examples: within noise.
+  noisy = truth.copy()
+  noisy[:3] = 1 - noisy[:3]
+  healthy = monitors.reward_hacking((0.8, 0.01), (0.5, 0.01), truth, noisy)
   assert not healthy['flag'] and 'no reward hacking' in healthy['reason']
-  # Only the last `window` rounds count: an old fall is not a hack now.
-  assert not monitors.reward_hacking([0.1, 0.2, 0.3, 0.4], [0.9, 0.2, 0.3, 0.4])['flag']
-  assert not monitors.reward_hacking([0.5], [0.5])['flag']
 
 
 def test_judge_drift_collapse_and_gap_flags():
@@ -183,6 +198,16 @@ def test_judge_drift_collapse_and_gap_flags():
   steady = monitors.collapse([0.8, 0.75, 0.7], [2.0, 1.9, 1.8])
   assert not steady['flag'] and '0.800 -> 0.700' in steady['reason']
   assert not monitors.collapse([0.8], [])['flag']
+  # With a real monitoring set, narrowing alone is not collapse; narrowing while real data gets
+  # less likely (beyond two standard errors of the paired change) is.
+  rng = np.random.default_rng(1)
+  nll = rng.uniform(0.1, 0.5, 300)
+  narrowing = ([0.8, 0.4], [2.0, 1.0])
+  assert not monitors.collapse(*narrowing, nll_first=nll, nll_last=nll * 0.9)['flag']
+  assert not monitors.collapse(*narrowing, nll_first=nll,
+                               nll_last=nll + rng.normal(0, 0.05, 300))['flag']
+  assert monitors.collapse(*narrowing, nll_first=nll, nll_last=nll * 1.5)['flag']
+  assert not monitors.collapse([0.8, 0.8], [2.0, 2.0], nll_first=nll, nll_last=nll * 1.5)['flag']
 
   assert monitors.gen_verification_gap(0.75, 0.25) == 0.5
   assert monitors.gen_verification_gap([1.0, 0.5], [0.5, 0.0]) == 0.5

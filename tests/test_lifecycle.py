@@ -1,7 +1,10 @@
-"""The closed loop (si_jax/lifecycle.py): exact resume; its monitors catch planted failures."""
+"""The closed loop (si_jax/lifecycle.py): no ground truth in its decisions, exact resume, and
+monitors that catch planted failures and stay quiet on a healthy run."""
 
+import dataclasses
 import json
 import os
+import random
 
 import pytest
 
@@ -19,12 +22,14 @@ def tiny_loop_config(workdir: str, **loop_overrides):
   c.task = {'name': 'reverse', 'letters': 'abcdefghij', 'min_len': 3, 'max_len': 5}
   c.data.seq_len = 16
   c.data.seed_set_size, c.data.difficulty_weights = 1000, (1.0, 1.0, 1.0)
+  c.data.seed_validation_size = 128
+  c.loop.control_arm.learning_rates, c.loop.control_arm.schedules = (2e-3,), ('constant',)
   c.train.num_steps, c.train.eval_size, c.train.log_every = 80, 64, 40
   c.model.num_layers = 2
   c.base_learning_rate, c.base_schedule = 1e-2, 'cosine'
   data_parallel(c)
   loop = dict(num_rounds=2, problems_per_round=64, group_size=4, max_new_tokens=6,
-              sft_steps=10, batch_size=32, eval_per_difficulty=32, heldout_size=32)
+              sft_steps=10, batch_size=32, eval_per_difficulty=32)
   loop.update(loop_overrides)
   for key, value in loop.items():
     c.loop[key] = value
@@ -46,7 +51,7 @@ def shrunken_main_job(workdir: str):
   c.data.seed_set_size, c.data.difficulty_weights = 2000, (1.0, 1.0, 0.15)
   c.train.num_steps, c.train.eval_size = 1200, 64
   for key, value in dict(num_rounds=2, problems_per_round=600, top_level_share=0.75,
-                         sft_steps=150, eval_per_difficulty=200, heldout_size=64).items():
+                         sft_steps=150, eval_per_difficulty=200).items():
     c.loop[key] = value
   c.optimizer.learning_rate = 1e-3
   return data_parallel(c)
@@ -78,19 +83,21 @@ def test_main_job_self_improves_above_its_control_arm(main_job):
 
 @pytest.mark.xdist_group('main_job')
 def test_benchmark_never_holds_training_prompts(main_job):
-  """The loop's benchmark excludes everything it trained on: the store and the seed set."""
+  """The loop's benchmark excludes everything it trained on or validated with, the store and
+  the whole seed set, and every equivalent rewrite of those (b+a of a stored a+b)."""
   result, config = main_job
   task = experiment.make_task(config)
   store = DataStore(os.path.join(config.workdir, 'store'))
   stored = {ex['prompt'] for r in store.rounds() for ex in store.read_round(r)}
-  seed = [{'prompt': p.prompt} for p in train.seed_set(config, task)]
+  seed = [p.prompt for p in train.seed_set(config, task)]
   assert stored and seed
+  seen = {view for prompt in stored | set(seed) for view in task.equivalent_prompts(prompt)}
+  assert len(seen) > len(stored | set(seed))  # The rewrites add prompts to exclude.
   next_round = result['rounds'] + 1
   fresh = {p.prompt for p in lifecycle.benchmark_problems(task, config.loop, config.seed,
                                                           next_round, store, seed)}
   assert len(fresh) == config.loop.eval_per_difficulty * len(task.difficulties)
-  assert not fresh & stored
-  assert not fresh & {ex['prompt'] for ex in seed}
+  assert not fresh & seen
 
 
 @pytest.fixture(scope='module')
@@ -114,11 +121,11 @@ def test_killed_mid_round_resumes_to_the_same_metrics(base_dir, tmp_path, monkey
   calls = []
   real_train_arm = lifecycle.train_arm
 
-  def crash_in_round_two(exp, arm, *args, **kwargs):
-    calls.append(arm.name)
-    if len(calls) == 4:  # Round 2's control arm: after round 2's self arm trained.
+  def crash_in_round_two(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:  # Round 2's training: after its data was stored.
       raise KeyboardInterrupt('killed mid-round')
-    return real_train_arm(exp, arm, *args, **kwargs)
+    return real_train_arm(*args, **kwargs)
 
   monkeypatch.setattr(lifecycle, 'train_arm', crash_in_round_two)
   with pytest.raises(KeyboardInterrupt):
@@ -136,14 +143,60 @@ def test_killed_mid_round_resumes_to_the_same_metrics(base_dir, tmp_path, monkey
 
 
 @pytest.mark.xdist_group('loop_base')
+def test_no_ground_truth_reaches_a_decision_or_a_training_example(base_dir, tmp_path,
+                                                                  monkeypatch):
+  """Scramble every label the loop could read but the seed set's: the reference answer of each
+  acquired and benchmark problem becomes junk and the verifier on them a coin flip. In majority
+  mode every stored example, monitor and decision is unchanged; only the report moves."""
+  honest = _run(tmp_path / 'honest', base_dir)
+  config = tiny_loop_config(str(tmp_path / 'blind'))
+  task = experiment.make_task(config)
+  seed = {p.prompt for p in train.seed_set(config, task)}
+  cls, coin = type(task), random.Random(0)
+  make_problem, verify = cls.make_problem, cls.verify
+
+  def scrambled_problem(self, rng, difficulty):
+    problem = make_problem(self, rng, difficulty)
+    return problem if problem.prompt in seed else dataclasses.replace(problem, answer='junk')
+
+  def coin_flip(self, problem, completion):
+    return verify(self, problem, completion) if problem.prompt in seed else float(coin.random() < .5)
+
+  monkeypatch.setattr(cls, 'make_problem', scrambled_problem)
+  monkeypatch.setattr(cls, 'verify', coin_flip)
+  blind = _run(tmp_path / 'blind', base_dir)
+
+  stores = [DataStore(os.path.join(d, 'store')) for d in (tmp_path / 'honest', tmp_path / 'blind')]
+  assert stores[0].rounds() == stores[1].rounds() == [1, 2]
+  for r in stores[0].rounds():
+    assert stores[0].read_round(r) == stores[1].read_round(r)
+  for a, b in zip(honest['history'], blind['history'], strict=True):
+    decided = lambda row: {k: v for k, v in row.items() if k not in lifecycle.REPORTED_ONLY}
+    assert decided(a) == decided(b)  # Actions, reasons, monitors, losses, validation.
+  assert [row['self'] for row in honest['history']] != [row['self'] for row in blind['history']]
+
+
+@pytest.mark.xdist_group('loop_base')
+def test_healthy_run_raises_no_flag_in_eight_rounds(base_dir, tmp_path):
+  """Majority-vote self-training with the default monitors: the samples sharpen, but nothing is
+  flagged, rolled back or stopped for eight rounds (the tolerances sit above the noise)."""
+  history = _run(tmp_path, base_dir, num_rounds=8)['history'][1:]
+  assert len(history) == 8
+  assert not any(row['collapse_flag'] or row['reward_hacking_flag'] for row in history), [
+      row['reason'] for row in history]
+  assert {row['action'] for row in history} <= {'continue', 'raise_difficulty'}, [
+      row['reason'] for row in history]
+
+
+@pytest.mark.xdist_group('loop_base')
 def test_planted_reward_hack_is_flagged(base_dir, tmp_path):
   """A reward that pays for a well-formed answer, right or wrong: the proxy rises while verified
   accuracy falls, and the monitor says so."""
   result = _run(tmp_path, base_dir, label='format', temperature=2.0, seed_mix_ratio=0.0,
-                policy='replace', num_rounds=3, sft_steps=20,
+                policy='replace', num_rounds=4, sft_steps=20, min_agreement=0.0,
                 controller={'regression_tol': 1.0})
   history = result['history'][1:]
-  assert history[-1]['score'] < result['history'][0]['score']  # verified accuracy fell
+  assert history[-1]['benchmark'] < result['history'][0]['benchmark']  # verified accuracy fell
   assert any(row['reward_hacking_flag'] for row in history), history
 
 
@@ -152,7 +205,7 @@ def test_planted_collapse_is_flagged_and_real_data_mixed_back_in(base_dir, tmp_p
   """Replace-policy training on the model's own low-temperature samples narrows its outputs;
   the collapse monitor flags it and the controller mixes real (seed) data back in."""
   result = _run(tmp_path, base_dir, label='format', temperature=0.3, seed_mix_ratio=0.0,
-                policy='replace', num_rounds=4, sft_steps=20, min_agreement=0.0,
+                policy='replace', num_rounds=6, sft_steps=20, min_agreement=0.0,
                 controller={'regression_tol': 1.0})
   history = result['history'][1:]
   flagged = [i for i, row in enumerate(history) if row['collapse_flag']]

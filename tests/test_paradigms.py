@@ -46,6 +46,7 @@ def test_config_runs_end_to_end_and_writes_checkpoints(name, tmp_path):
   assert any(k.endswith('accuracy') for k in result), result
   if name == 'self_rewarding':  # the judge's agreement with the verifier is measured
     assert 0.0 <= result['round_1_judge_accuracy'] <= 1.0
+    assert result['round_1_judge_drift'] is False  # One round: nothing to drift from yet.
 
 
 def test_grpo_with_the_self_judge_reward_runs(tmp_path):

@@ -1,6 +1,6 @@
 """Acquisition and curation throughput on this machine (issue: tasks and data acquisition).
 
-  python experiments/benchmarks/data.py
+  python -m experiments.benchmarks.data
 
 Prints: examples/s of each task's generator and verifier, the sandbox's overhead per execution
 (median ms of `run_python('pass')`), and TFDS + grain throughput (padded and packed batches).

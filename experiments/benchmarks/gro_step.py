@@ -1,6 +1,6 @@
 """GRO-STEP benchmark (shared/BENCHMARKS.md): one GRPO iteration on REF-25M.
 
-  python experiments/benchmarks/gro_step.py [--repeats=3]
+  python -m experiments.benchmarks.gro_step [--repeats=3]
 
 16 prompts x a group of 8 samples, 32 prompt tokens, exactly 64 completion tokens, a frozen
 reference copy: generation + reference scoring + one optimizer step. Reports samples/s, the time

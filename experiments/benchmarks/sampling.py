@@ -1,6 +1,6 @@
 """SAMPLE benchmark (shared/BENCHMARKS.md): REF-25M, 32 prompt tokens, exactly 64 new, greedy.
 
-  python experiments/benchmarks/sampling.py [--batch_sizes=1,16,64] [--repeats=3]
+  python -m experiments.benchmarks.sampling [--batch_sizes=1,16,64] [--repeats=3]
 
 For each batch size: prefill time, decode tokens/s (B * 64 / total time), time per decode step,
 process peak RSS, and the roofline bounds on this machine, measured here (matmul peak) or taken

@@ -1,6 +1,6 @@
 """Selection scoring throughput on REF-25M (shared/BENCHMARKS.md) at 128-token examples.
 
-  python experiments/benchmarks/scoring.py [--examples=256] [--batch_size=32]
+  python -m experiments.benchmarks.scoring [--examples=256] [--batch_size=32]
 
 Each example is a 32-token prompt and a 96-token completion (random ids). Reports examples/s of
 the perplexity, entropy and embedding passes (one forward each) and of IFD (two forwards).

@@ -1,6 +1,6 @@
 """Speculative decoding speed-up: a target and a smaller draft, both trained on string reversal.
 
-  python experiments/benchmarks/speculative.py [--k=4] [--prompts=32]
+  python -m experiments.benchmarks.speculative [--k=4] [--prompts=32]
 
 Trains (or reuses, from --workdir) the target (d=128, 4 layers) and a draft ~8x smaller (d=64,
 2 layers) with the SFT loop, then decodes held-out prompts greedily with plain decoding and with

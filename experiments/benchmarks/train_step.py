@@ -1,7 +1,7 @@
 """TRAIN-STEP benchmark (shared/BENCHMARKS.md): SFT step time, tokens/s and MFU.
 
-  python experiments/benchmarks/train_step.py                # REF-25M, batch 16 x 96
-  python experiments/benchmarks/train_step.py --model=demo   # the SFT demo's model, batch 64 x 20
+  python -m experiments.benchmarks.train_step                # REF-25M, batch 16 x 96
+  python -m experiments.benchmarks.train_step --model=demo   # the SFT demo's model, batch 64 x 20
 
 Reports the median of timed steps after warm-up; MFU = 6 * params * tokens / time / peak, with
 the peak measured here by a jitted f32 matmul (STACK-NOTES: ~137 GFLOP/s on the 2-core CPU).

@@ -27,19 +27,26 @@ def prompt_hash(prompt: str) -> str:
   return hashlib.sha256(prompt.encode('utf-8')).hexdigest()[:16]
 
 
-def store_hashes(store: DataStore) -> frozenset[str]:
-  """Hashes of every prompt in every complete round of `store`.
+def prompt_hashes(prompts, rewrites=None) -> frozenset[str]:
+  """Hashes of the prompts and, with `rewrites` (e.g. `Task.equivalent_prompts`), of every
+  equivalent rewrite of each: a benchmark holding b+a is as contaminated as one holding a+b."""
+  expand = rewrites or (lambda prompt: [prompt])
+  return frozenset(prompt_hash(view) for prompt in prompts for view in expand(prompt))
+
+
+def store_hashes(store: DataStore, rewrites=None) -> frozenset[str]:
+  """Hashes of every prompt in every complete round of `store` (and of its rewrites).
 
   Environment examples also record the episode's original problem as 'problem_prompt' (their
   'prompt' grows with feedback on retries); that counts too.
   """
-  hashes = set()
+  prompts = []
   for r in store.rounds():
     for ex in store.read_round(r):
-      hashes.add(prompt_hash(ex['prompt']))
+      prompts.append(ex['prompt'])
       if isinstance(ex.get('problem_prompt'), str):
-        hashes.add(prompt_hash(ex['problem_prompt']))
-  return frozenset(hashes)
+        prompts.append(ex['problem_prompt'])
+  return prompt_hashes(prompts, rewrites)
 
 
 def fresh_benchmark(task: Task, round_idx: int, seed: int, per_difficulty: int,

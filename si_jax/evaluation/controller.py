@@ -1,7 +1,10 @@
 """The loop controller (survey §6): evaluation results and monitor flags decide the next round.
 
-A small policy, not a learner: after each round the loop hands it the round's tracked score, its
-accuracy per difficulty and the monitors' flags, and gets back what to do next. Every decision
+A small policy, not a learner: after each round the loop hands it the round's tracked score, a
+confidence per difficulty and the monitors' flags, and gets back what to do next. In a
+label-free loop every input is label-free: the tracked score is accuracy on data the run already
+paid labels for (the seed set's held-out slice), the per-level confidence is vote agreement on
+the round's own problems, and the flags come from monitors built the same way. Every decision
 carries a reason naming the numbers behind it and is kept in the state's history, so a run can
 explain itself; the state is plain JSON and lives in checkpoint metadata, so it resumes too.
 """
@@ -20,7 +23,7 @@ MIX_REAL_FLAGS = ('collapse', 'reward_hacking')  # Monitors whose flag brings re
 
 @dataclasses.dataclass(frozen=True)
 class ControllerConfig:
-  raise_at: float = 0.8  # Accuracy at the current top difficulty that earns a harder level.
+  raise_at: float = 0.8  # Confidence at the current top difficulty that earns a harder level.
   patience: int = 3  # Rounds without improvement of the tracked score before stopping.
   min_delta: float = 0.0  # The tracked score must beat the best by more than this to improve.
   regression_tol: float = 0.05  # A drop below the best larger than this triggers a rollback.
@@ -70,17 +73,21 @@ def _flag_details(flag: dict) -> str:
 
 
 def decide(state: ControllerState, round_idx: int, score: float,
-           accuracy_by_difficulty: dict[int, float], flags: dict[str, dict],
-           cfg: ControllerConfig) -> tuple[Decision, ControllerState]:
+           confidence_by_difficulty: dict[int, float], flags: dict[str, dict],
+           cfg: ControllerConfig, noise: float = 0.0) -> tuple[Decision, ControllerState]:
   """The next round's decision and the updated state (a new object; `state` is untouched).
 
-  `score` is the tracked score, comparable across rounds (e.g. held-out accuracy at the hardest
-  level). The first rule that fires wins, most urgent first:
-    1. rollback: score fell more than regression_tol below the best -> restore the best round;
+  `score` is the tracked score, comparable across rounds (e.g. accuracy on a fixed labelled
+  validation slice); `confidence_by_difficulty` says how sure the model is per level (e.g. the
+  share of problems its vote labelled); `noise` is the size of a fall from the best that noise
+  alone explains (e.g. two standard errors of the paired change). The first rule that fires
+  wins, most urgent first:
+    1. rollback: score fell more than max(regression_tol, noise) below the best -> restore the
+       best round;
     2. mix_real_data: the collapse or reward_hacking monitor flags -> real data back in the mix
        (at cfg.real_data_ratio);
     3. stop: no improvement above min_delta for `patience` rounds (a plateau);
-    4. raise_difficulty: accuracy at the current top difficulty >= raise_at, below the maximum;
+    4. raise_difficulty: confidence at the current top difficulty >= raise_at, below the maximum;
   otherwise continue.
   """
   score = float(score)  # A numpy scalar would not survive the JSON round trip.
@@ -92,15 +99,15 @@ def decide(state: ControllerState, round_idx: int, score: float,
   else:
     since += 1
   difficulty, mix_real = state.difficulty, state.mix_real
-  top_acc = accuracy_by_difficulty.get(difficulty)
+  top_acc = confidence_by_difficulty.get(difficulty)
   raised = [name for name in MIX_REAL_FLAGS if flags.get(name, {}).get('flag')]
 
   rollback_to = None
-  if best - score > cfg.regression_tol:
+  tolerance = max(cfg.regression_tol, noise)
+  if best - score > tolerance:
     action, rollback_to = 'rollback', best_round
     reason = (f'score {score:.3f} is {best - score:.3f} below the best {best:.3f} (round '
-              f'{best_round}), beyond tolerance {cfg.regression_tol:.3f}: restore round '
-              f'{best_round}')
+              f'{best_round}), beyond tolerance {tolerance:.3f}: restore round {best_round}')
   elif raised:
     action, mix_real = 'mix_real_data', cfg.real_data_ratio
     details = '; '.join(f'{name} ({_flag_details(flags[name])})' for name in raised)
@@ -112,12 +119,12 @@ def decide(state: ControllerState, round_idx: int, score: float,
               f'(patience {cfg.patience})')
   elif top_acc is not None and top_acc >= cfg.raise_at and difficulty < cfg.max_difficulty:
     action, difficulty = 'raise_difficulty', difficulty + 1
-    reason = (f'accuracy {top_acc:.3f} at difficulty {difficulty - 1} >= {cfg.raise_at:.3f}: '
+    reason = (f'confidence {top_acc:.3f} at difficulty {difficulty - 1} >= {cfg.raise_at:.3f}: '
               f'raise to {difficulty}')
   else:
     action = 'continue'
     acc = 'n/a' if top_acc is None else f'{top_acc:.3f}'
-    reason = (f'score {score:.3f} (best {best:.3f}, round {best_round}); accuracy {acc} at '
+    reason = (f'score {score:.3f} (best {best:.3f}, round {best_round}); confidence {acc} at '
               f'difficulty {difficulty} (raise at {cfg.raise_at:.3f}, max difficulty '
               f'{cfg.max_difficulty})')
 

@@ -11,6 +11,7 @@ counts towards the mean reward only).
 from __future__ import annotations
 
 import collections
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -115,3 +116,23 @@ def _check_counts(problems, completions_per_problem, k: int):
   if short:
     raise ValueError(f'problem {short[0]} has {len(completions_per_problem[short[0]])} '
                      f'completions; k={k} needs at least {k} per problem')
+
+
+def paired_change(before, after) -> tuple[float, float]:
+  """(mean of after - before, its standard error) over examples measured twice: the same
+  monitoring set scored at two rounds. Pairing cancels how hard each example is, so the error
+  is that of the change, not of either mean (sd of the differences / sqrt(n))."""
+  before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
+  if before.shape != after.shape or before.ndim != 1 or not len(before):
+    raise ValueError(f'paired_change: need two equal 1-d arrays, got {before.shape} and '
+                     f'{after.shape}')
+  diff = after - before
+  se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else float('inf')
+  return float(diff.mean()), se
+
+
+def paired_interval(before, after, z: float = 1.96) -> dict[str, float]:
+  """The mean paired difference after - before with its normal-approximation interval
+  (z = 1.96: 95%), e.g. per-problem correctness of two models on one benchmark."""
+  change, se = paired_change(before, after)
+  return {'mean': change, 'low': change - z * se, 'high': change + z * se, 'n': len(before)}

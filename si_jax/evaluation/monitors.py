@@ -3,9 +3,13 @@
 Three failure modes, each with a measurement and a flag:
   * model collapse (training on its own outputs narrows the distribution): distinct-n,
     self-BLEU, token entropy and perplexity on held-out real data; `collapse` flags a fall;
-  * reward hacking (the proxy reward rises while true accuracy falls): `reward_hacking`;
+  * reward hacking (the proxy reward rises while true accuracy falls): `reward_hacking`, where
+    "true" is a fixed, already labelled monitoring set (the seed set's held-out slice), never
+    the loop's own problems;
   * judge drift (a self-judge stops agreeing with the verifier): `judge_drift`.
 Flags return {'flag': bool, 'reason': str}, the reason naming the numbers behind the verdict.
+A change is flagged only beyond z (default 2) standard errors of the measured difference, so a
+healthy run's noise does not raise it.
 Text measures work on characters by default (our tasks are char-level); tokens='whitespace'
 splits on whitespace instead.
 """
@@ -20,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from si_jax import sampling
+from si_jax.evaluation.metrics import paired_change
 from si_jax.tokenizers import Tokenizer
 
 _TOKENS = ('char', 'whitespace')
@@ -109,29 +114,41 @@ def token_entropy(entropies, mask) -> float:
   return float(entropies[mask].mean())
 
 
+def completion_nll(model, params, tokenizer: Tokenizer, prompts: Sequence[str],
+                   completions: Sequence[str], eos: bool = True,
+                   batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+  """(summed NLL, token count) of each completion given its prompt: the per-example pieces of
+  perplexity, kept apart so two rounds can be compared example by example (`metrics.paired_change`).
+
+  Prompts get bos (as the sampler encodes them); completions get eos when `eos` (the model is
+  also scored on ending).
+  """
+  if len(prompts) != len(completions) or not prompts:
+    raise ValueError(f'completion_nll: need as many prompts ({len(prompts)}) as completions '
+                     f'({len(completions)}), at least one')
+  tokenizer.check_model_vocab(model.cfg.vocab_size)
+  prompt_ids = tokenizer.encode_batch(prompts, bos=True)
+  completion_ids = tokenizer.encode_batch(completions, eos=eos)
+  nll, count = [], []
+  for i in range(0, len(prompt_ids), batch_size):
+    logp, _, mask = sampling.score(model, params, prompt_ids[i:i + batch_size],
+                                   completion_ids[i:i + batch_size])
+    nll.append(-np.sum(np.where(mask, logp, 0.0), axis=1, dtype=np.float64))
+    count.append(np.sum(mask, axis=1))
+  return np.concatenate(nll), np.concatenate(count)
+
+
 def perplexity(model, params, tokenizer: Tokenizer, prompts: Sequence[str],
                completions: Sequence[str], eos: bool = True, batch_size: int = 64) -> float:
   """exp(mean NLL per completion token) of given texts, e.g. held-out real data.
 
   A collapsing model grows confident on its own outputs and loses real data: this rises.
-  Prompts get bos (as the sampler encodes them); completions get eos when `eos` (the model is
-  also scored on ending). The mean is over all completion tokens of all texts.
+  The mean is over all completion tokens of all texts.
   """
-  if len(prompts) != len(completions) or not prompts:
-    raise ValueError(f'perplexity: need as many prompts ({len(prompts)}) as completions '
-                     f'({len(completions)}), at least one')
-  tokenizer.check_model_vocab(model.cfg.vocab_size)
-  prompt_ids = tokenizer.encode_batch(prompts, bos=True)
-  completion_ids = tokenizer.encode_batch(completions, eos=eos)
-  nll, count = 0.0, 0
-  for i in range(0, len(prompt_ids), batch_size):
-    logp, _, mask = sampling.score(model, params, prompt_ids[i:i + batch_size],
-                                   completion_ids[i:i + batch_size])
-    nll -= float(np.sum(logp[mask], dtype=np.float64))
-    count += int(mask.sum())
-  if count == 0:
+  nll, count = completion_nll(model, params, tokenizer, prompts, completions, eos, batch_size)
+  if count.sum() == 0:
     raise ValueError('perplexity: the completions hold no tokens')
-  return math.exp(nll / count)
+  return math.exp(nll.sum() / count.sum())
 
 
 # --- Flags -----------------------------------------------------------------------------------
@@ -141,20 +158,28 @@ def _flag(flag: bool, reason: str) -> dict[str, Any]:
   return {'flag': bool(flag), 'reason': reason}
 
 
-def reward_hacking(proxy_history: Sequence[float], verified_history: Sequence[float],
-                   window: int = 2, tol: float = 0.01) -> dict[str, Any]:
-  """Flags a proxy reward that rose (by > tol) while verified accuracy fell (by > tol), both
-  measured from `window` rounds ago to the latest round (the histories align at their ends)."""
-  m = min(len(proxy_history), len(verified_history))
-  if m < 2:
-    return _flag(False, f'not enough rounds to compare ({m})')
-  w = min(window, m - 1)
-  p0, p1 = float(proxy_history[-1 - w]), float(proxy_history[-1])
-  v0, v1 = float(verified_history[-1 - w]), float(verified_history[-1])
-  flag = p1 - p0 > tol and v1 - v0 < -tol
-  verdict = 'reward hacking' if flag else 'no reward hacking'
-  return _flag(flag, f'{verdict}: over the last {w} rounds the proxy reward went {p0:.3f} -> '
-                     f'{p1:.3f} and verified accuracy {v0:.3f} -> {v1:.3f} (tol {tol})')
+def reward_hacking(proxy: tuple[float, float], proxy_before: tuple[float, float],
+                   truth_before, truth_after, z: float = 2.0,
+                   tol: float = 0.0) -> dict[str, Any]:
+  """Flags a proxy reward that rose while real accuracy fell, each by more than z standard
+  errors (and accuracy by more than `tol`), without reading any label of the loop's own
+  problems.
+
+  proxy, proxy_before: (mean, standard error) of the proxy reward (e.g. vote agreement) on two
+    rounds' problems: different problems each round, so their errors add in quadrature;
+  truth_before, truth_after: per-example correctness on one fixed monitoring set that already
+    has labels (a held-out slice of the seed set), paired across the two rounds.
+  """
+  rise = proxy[0] - proxy_before[0]
+  rise_se = math.hypot(proxy[1], proxy_before[1])
+  change, change_se = paired_change(truth_before, truth_after)
+  rose = rise > z * rise_se
+  fell = -change > max(tol, z * change_se)
+  verdict = 'reward hacking' if rose and fell else 'no reward hacking'
+  return _flag(rose and fell,
+               f'{verdict}: proxy reward {proxy_before[0]:.3f} -> {proxy[0]:.3f} '
+               f'({rise:+.3f} +- {rise_se:.3f}), monitoring-set accuracy {change:+.3f} +- '
+               f'{change_se:.3f} (flag beyond {z:g} standard errors)')
 
 
 def judge_drift(agreement_history: Sequence[Any], drop: float = 0.1) -> dict[str, Any]:
@@ -180,9 +205,16 @@ def gen_verification_gap(pass_at_k, pass_at_1) -> float:
 
 
 def collapse(distinct_history: Sequence[float], entropy_history: Sequence[float] = (),
-             drop: float = 0.3) -> dict[str, Any]:
+             drop: float = 0.3, nll_first=None, nll_last=None, z: float = 2.0,
+             rise: float = 0.0) -> dict[str, Any]:
   """Flags diversity (distinct-n) or token entropy that fell by more than `drop` relative to
-  the first round. Series with fewer than two rounds or a non-positive start are skipped."""
+  the first round. Series with fewer than two rounds or a non-positive start are skipped.
+
+  With nll_first / nll_last (per-example NLL per token of one fixed real monitoring set, at the
+  first and the latest round) the flag also needs that real data got less likely: by more than
+  z standard errors of the paired change and by more than `rise` (relative). Narrowing alone is
+  also what healthy learning looks like; narrowing while real data slips away is collapse.
+  """
   notes, flag = [], False
   for name, history in (('distinct-n', distinct_history), ('token entropy', entropy_history)):
     history = [float(h) for h in history if not math.isnan(float(h))]
@@ -192,5 +224,12 @@ def collapse(distinct_history: Sequence[float], entropy_history: Sequence[float]
     change = (history[-1] - history[0]) / history[0]
     flag |= -change > drop
     notes.append(f'{name} {history[0]:.3f} -> {history[-1]:.3f} ({change:+.0%})')
+  if nll_first is not None:
+    first = float(np.mean(nll_first))
+    change, se = paired_change(nll_first, nll_last)
+    rose = change > max(rise * first, z * se)
+    flag &= rose
+    notes.append(f'real-data NLL {first:.3f} -> {first + change:.3f} ({change:+.3f} +- {se:.3f}, '
+                 f'flag beyond {z:g} standard errors and {rise:.0%})')
   verdict = 'collapse' if flag else 'no collapse'
   return _flag(flag, f'{verdict} (allowed fall {drop:.0%}): ' + '; '.join(notes))

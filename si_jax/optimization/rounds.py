@@ -19,9 +19,10 @@ from si_jax.experiment import Experiment
 from si_jax.optimization import preference, rollout, sft, train_step
 
 
-def sft_step(exp: Experiment):
+def sft_step(exp: Experiment, tx=None, schedule=None):
+  """The jitted SFT update of exp's model (with exp's optimizer unless another is given)."""
   return train_step.jit_train_step(train_step.make_train_step(
-      functools.partial(sft.sft_loss, exp.model), exp.tx, exp.schedule,
+      functools.partial(sft.sft_loss, exp.model), tx or exp.tx, schedule or exp.schedule,
       exp.config.optimizer.grad_accum_steps), exp.shardings, exp.mesh)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from si_jax import experiment, sampling
-from si_jax.evaluation import accuracy
+from si_jax.evaluation import accuracy, monitors
 from si_jax.optimization import judge, preference, rewards, rollout, rounds
 
 
@@ -87,9 +87,15 @@ def run(config) -> dict:
             exp, dpo_step, pref_cfg, reference, p, c, rj, width=gro.max_new_tokens + 1,
             num_steps=gro.dpo_steps, batch_size=gro.batch_size, seed=config.seed * 31 + r,
             max_epochs=gro.max_epochs))
+      # --- Judge drift: does the self-judge still agree with the verifier? (report only) ---
+      judge_history = [*exp.meta.get('judge_history', []), logged['judge_accuracy']]
+      exp.meta['judge_history'] = judge_history  # Saved with the round's checkpoint.
+      drift = monitors.judge_drift(judge_history)
+      logged['judge_drift_flag'] = drift['flag']
       tracker.result[f'round_{r + 1}_judge_accuracy'] = logged['judge_accuracy']
+      tracker.result[f'round_{r + 1}_judge_drift'] = drift['flag']
       tracker.end_round(r, logged, f"{len(pairs)} pairs, judge agrees with the verifier on "
-                                   f"{logged['judge_accuracy']:.1%}, ")
+                                   f"{logged['judge_accuracy']:.1%} ({drift['reason']}), ")
   finally:
     exp.ckpt.close()
   return tracker.result
