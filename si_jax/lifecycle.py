@@ -41,7 +41,7 @@ from si_jax.selection import adaptive, scores as selection_scores
 LABELS = ('majority', 'verifier', 'format')
 # Row fields computed with ground truth (the benchmark's verifier, the problems' reference
 # answers): written to the report, never read by a decision or a training example.
-REPORTED_ONLY = ('self', 'control', 'benchmark', 'control_benchmark', 'gain_over_control',
+REPORTED_ONLY = ('base', 'self', 'control', 'benchmark', 'control_benchmark', 'gain_over_control',
                  'label_accuracy', 'sampled_accuracy', 'gen_verification_gap')
 SELECT_SCORES = ('', 'learnability', 'agreement', 'ifd', 'perplexity', 'entropy', 'adaptive')
 _ADAPTIVE_FEATURES = ('agreement', 'learnability', 'ifd')
@@ -220,7 +220,8 @@ def monitor_flags(history: list[dict], validation: dict, loop) -> dict[str, dict
   """
   last, first = history[-1], validation['0']
   now = validation[str(last['round'])]
-  window = history[-1 - min(2, len(history) - 1)]  # Two rounds back (or round 1).
+  # Hacking builds up over rounds: compare with round 1, the first with a proxy reward.
+  window = history[0]
   then = validation[str(window['round'])]
   return {
       'collapse': monitors.collapse(
@@ -256,6 +257,9 @@ def _check(loop):
                      f'(real data comes in through loop.seed_mix_ratio and the controller)')
   if not 0 <= loop.seed_mix_ratio < 1:
     raise ValueError(f'config.loop.seed_mix_ratio={loop.seed_mix_ratio} must be in [0, 1)')
+  if loop.start not in ('base', 'control'):
+    raise ValueError(f"config.loop.start={loop.start!r} must be 'base' or 'control' (the tuned "
+                     f'control arm, trained on the seed set alone)')
   if not 0 < loop.select_fraction <= 1:
     raise ValueError(f'config.loop.select_fraction={loop.select_fraction} must be in (0, 1]')
 
@@ -336,8 +340,13 @@ def run(config) -> dict:
       row['validation_accuracy'] = float(np.mean(signals['correct']))
       row['validation_nll'] = float(np.mean(signals['nll']))
 
-    if not progress['history']:  # Round 0: the base model.
-      row = {'round': 0, 'action': 'start', 'reason': 'base model'}
+    if not progress['history']:  # Round 0: the base, and the self arm's starting point.
+      row = {'round': 0, 'action': 'start', 'reason': f'the self arm starts from the {loop.start}'}
+      problems = bench(0)
+      row['base'] = _keyed(eval_metrics.by_difficulty(
+          problems, evaluate(exp, state.params, problems, max_new)))
+      if loop.start == 'control':  # Self-improvement picks up where the seed set stops.
+        state = state.replace(params=rounds.frozen_copy(control_params))
       validate_round(0, row)
       evaluate_round(0, row)
       progress['history'].append(row)
@@ -417,7 +426,7 @@ def run(config) -> dict:
   print(table)
   first, last = progress['history'][0], progress['history'][-1]
   hardest = report.level_key(max(task.difficulties))
-  return {'rounds': last['round'], 'base_hardest': first['self'][hardest],
+  return {'rounds': last['round'], 'base_hardest': first['base'][hardest],
           'self_hardest': last['self'][hardest], 'control_hardest': last['control'][hardest],
           'gain_over_control': last['gain_over_control'], 'control': progress['control'],
           'history': progress['history']}

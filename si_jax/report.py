@@ -73,6 +73,10 @@ def round_table(history: Sequence[dict[str, Any]], difficulties: Sequence[int]) 
           [f'self - ctrl {levels[-1]} (95% CI)', 'label acc', 'kept', 'val acc', 'diversity',
            'entropy', 'decision'])
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  if history and 'base' in history[0]:  # The base phase's model, before the loop.
+    base = history[0]['base']
+    lines.append('| ' + ' | '.join(['base', '-'] + [_pct(base.get(k)) for k in levels] +
+                                   ['-'] * (len(head) - 2 - len(levels))) + ' |')
   for row in history:
     cells = [str(row['round']), str(row.get('difficulty', '-'))]
     cells += [_pct(row['self'].get(k)) for k in levels]

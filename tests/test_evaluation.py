@@ -207,6 +207,9 @@ def test_judge_drift_collapse_and_gap_flags():
   assert not monitors.collapse(*narrowing, nll_first=nll,
                                nll_last=nll + rng.normal(0, 0.05, 300))['flag']
   assert monitors.collapse(*narrowing, nll_first=nll, nll_last=nll * 1.5)['flag']
+  # A near-perfect model's NLL may grow thirtyfold from 1e-5 and still mean nothing.
+  assert not monitors.collapse(*narrowing, nll_first=nll * 1e-4, nll_last=nll * 3e-3,
+                               rise=0.05)['flag']
   assert not monitors.collapse([0.8, 0.8], [2.0, 2.0], nll_first=nll, nll_last=nll * 1.5)['flag']
 
   assert monitors.gen_verification_gap(0.75, 0.25) == 0.5

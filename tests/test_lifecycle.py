@@ -27,6 +27,7 @@ def tiny_loop_config(workdir: str, **loop_overrides):
   c.train.num_steps, c.train.eval_size, c.train.log_every = 80, 64, 40
   c.model.num_layers = 2
   c.base_learning_rate, c.base_schedule = 1e-2, 'cosine'
+  c.optimizer.warmup_steps = 2  # Of each round's 10-step cycle.
   data_parallel(c)
   loop = dict(num_rounds=2, problems_per_round=64, group_size=4, max_new_tokens=6,
               sft_steps=10, batch_size=32, eval_per_difficulty=32)
@@ -37,48 +38,41 @@ def tiny_loop_config(workdir: str, **loop_overrides):
 
 
 def shrunken_main_job(workdir: str):
-  """configs/self_train_arithmetic.py shrunk to about a minute on 2 cores: levels 2-4 (the seed
-  set scarce at 4), a 1,200-step base, 2 rounds of 600 problems and 150 steps at LR 1e-3.
-
-  At this size the base's level-4 accuracy depends strongly on the seed: 26% at seed 0 (the
-  default, used here), 12% at seed 1, 3% at seed 2, and the loop needs a base that is already
-  partly right to vote its way up. Measured in experiments/self_train/README.md.
-  """
-  c = self_train_arithmetic.get_config()
+  """configs/self_train_arithmetic.py:small (the main job's three phases in a few minutes) on
+  the data-parallel mesh."""
+  c = self_train_arithmetic.get_config('small')
   c.workdir = workdir
-  c.task.max_digits = 4
-  c.data.seq_len = 20
-  c.data.seed_set_size, c.data.difficulty_weights = 2000, (1.0, 1.0, 0.15)
-  c.train.num_steps, c.train.eval_size = 1200, 64
-  for key, value in dict(num_rounds=2, problems_per_round=600, top_level_share=0.75,
-                         sft_steps=150, eval_per_difficulty=200).items():
-    c.loop[key] = value
-  c.optimizer.learning_rate = 1e-3
   return data_parallel(c)
 
 
 @pytest.fixture(scope='module')
 def main_job(tmp_path_factory):
-  """(result, config) of one shrunken main-job run: the base phase and the loop, no labels."""
+  """(result, config) of one shrunken main-job run: base, tuned control, loop; no labels."""
   config = shrunken_main_job(str(tmp_path_factory.mktemp('main_job')))
   return main.run(config), config
 
 
+# Margins below the smallest of seeds 0-4 of configs/self_train_arithmetic.py:small
+# (experiments/self_train/README.md), not one trajectory: self - base at the last round was
+# +20.5..+34.5 points, and the paired gain over the control averaged over rounds 1-3 was
+# +3.0..+8.3 (each of the 15 rounds between +2 and +11).
+MIN_GAIN_OVER_BASE = 0.1
+MIN_MEAN_GAIN_OVER_CONTROL = 0.0
+
+
 @pytest.mark.xdist_group('main_job')
-def test_main_job_self_improves_above_its_control_arm(main_job):
-  """Majority-vote pseudo-labels alone (ground truth only scores the benchmark) lift fresh-problem
-  accuracy at the hardest level round by round, beyond a control arm given the same steps on the
-  seed set: the gain comes from the self-generated data."""
+def test_main_job_self_improves_beyond_its_tuned_control(main_job):
+  """Unanimous votes alone (ground truth only scores the benchmark) lift the hardest level above
+  the base, and above the best model the seed set alone buys on the same fresh problems."""
   result, config = main_job
   top = report.level_key(config.task.max_digits)
-  hardest = [row['self'][top] for row in result['history']]
-  control = [row['control'][top] for row in result['history']]
-  assert result['self_hardest'] >= result['base_hardest'] + 0.1, (hardest, control)
-  assert result['self_hardest'] >= result['control_hardest'] + 0.05, (hardest, control)
-  assert min(hardest[1:]) > hardest[0], (hardest, control)  # every round above the base
-  assert sum(hardest[1:]) > sum(control[1:]), (hardest, control)
-  kept = [row['label_accuracy'] for row in result['history'][1:]]
-  assert min(kept) > 0.8, kept  # the votes it kept were mostly right
+  rounds = result['history'][1:]
+  trace = [(row['self'][top], row['control'][top]) for row in result['history']]
+  assert result['self_hardest'] >= result['base_hardest'] + MIN_GAIN_OVER_BASE, trace
+  mean_gain = sum(row['gain_over_control']['mean'] for row in rounds) / len(rounds)
+  assert mean_gain > MIN_MEAN_GAIN_OVER_CONTROL, trace
+  kept = [row['label_accuracy'] for row in rounds]
+  assert min(kept) > 0.9, kept  # Unanimous votes are nearly always right (96-100% measured).
 
 
 @pytest.mark.xdist_group('main_job')
@@ -191,9 +185,10 @@ def test_healthy_run_raises_no_flag_in_eight_rounds(base_dir, tmp_path):
 @pytest.mark.xdist_group('loop_base')
 def test_planted_reward_hack_is_flagged(base_dir, tmp_path):
   """A reward that pays for a well-formed answer, right or wrong: the proxy rises while verified
-  accuracy falls, and the monitor says so."""
-  result = _run(tmp_path, base_dir, label='format', temperature=2.0, seed_mix_ratio=0.0,
-                policy='replace', num_rounds=4, sft_steps=20, min_agreement=0.0,
+  accuracy falls, and the monitor says so. From the base: the tuned control is right so often
+  that even its T=2 samples are mostly correct."""
+  result = _run(tmp_path, base_dir, start='base', label='format', temperature=2.0,
+                seed_mix_ratio=0.0, policy='replace', num_rounds=4, sft_steps=40, min_agreement=0.0,
                 controller={'regression_tol': 1.0})
   history = result['history'][1:]
   assert history[-1]['benchmark'] < result['history'][0]['benchmark']  # verified accuracy fell
@@ -202,10 +197,11 @@ def test_planted_reward_hack_is_flagged(base_dir, tmp_path):
 
 @pytest.mark.xdist_group('loop_base')
 def test_planted_collapse_is_flagged_and_real_data_mixed_back_in(base_dir, tmp_path):
-  """Replace-policy training on the model's own low-temperature samples narrows its outputs;
-  the collapse monitor flags it and the controller mixes real (seed) data back in."""
-  result = _run(tmp_path, base_dir, label='format', temperature=0.3, seed_mix_ratio=0.0,
-                policy='replace', num_rounds=6, sft_steps=20, min_agreement=0.0,
+  """Replace-policy training on the model's own unchecked samples (the first well-formed one,
+  right or wrong) narrows its outputs while real data grows less likely: the collapse monitor
+  flags it and the controller mixes real (seed) data back in."""
+  result = _run(tmp_path, base_dir, start='base', label='format', temperature=1.5,
+                seed_mix_ratio=0.0, policy='replace', num_rounds=6, sft_steps=40, min_agreement=0.0,
                 controller={'regression_tol': 1.0})
   history = result['history'][1:]
   flagged = [i for i, row in enumerate(history) if row['collapse_flag']]

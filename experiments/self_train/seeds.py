@@ -1,15 +1,16 @@
-"""The main job on several seeds: base, self-trained, best control and verifier ceiling.
+"""The main job on several seeds: base, self-trained, best control, verifier ceiling, variants.
 
   python -m experiments.self_train.seeds --seeds=0,1,2 --workdir=/tmp/si_jax/seeds
   python -m experiments.self_train.seeds --seeds=0,1 --config.loop.num_rounds=4   # any override
+  python -m experiments.self_train.seeds --seeds=1 --arms=agree_0.75,from_base    # variants
 
-Per seed, two runs of the main job (configs/self_train_arithmetic.py unless --config says
-otherwise):
+Per seed, runs of the main job (configs/self_train_arithmetic.py unless --config says otherwise):
   self     the default, label-free loop; its control arm is the tuned control (learning rate and
            schedule swept on the seed set, chosen by held-out seed loss, si_jax/optimization/
            tuned_sft.py), evaluated on the same fresh benchmarks;
-  ceiling  the same loop from the same base with `loop.label=verifier`: every verified sample is
-           kept. It reuses the first run's control checkpoint, so only the labels differ.
+  --arms   the same loop with one change each (ARMS below; 'ceiling' is `loop.label=verifier`:
+           every verified sample is kept). Each reuses the self run's base and control, so only
+           the change differs, and is scored against the same control.
 The table reports hardest-level accuracy (%) at the last round and the paired per-problem
 difference self - control on the last benchmark with its 95% interval; the pooled row averages
 the seeds (their benchmarks are independent, so the errors add in quadrature). Writes
@@ -31,11 +32,22 @@ from si_jax import report
 
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds: each trains its own base.')
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/si_jax/seeds', 'One folder per seed and arm.')
-_CEILING = flags.DEFINE_boolean('ceiling', True, 'Also run the verifier-labelled ceiling.')
+# One change to the main job each, from the same base and control.
+ARMS = {
+    'ceiling': {'loop.label': 'verifier'},
+    'agree_0.875': {'loop.min_agreement': 0.875},
+    'agree_0.75': {'loop.min_agreement': 0.75},
+    'agree_0.5': {'loop.min_agreement': 0.5},
+    'train_rewrites': {'loop.train_rewrites': True},
+    'from_base': {'loop.start': 'base'},
+    'constant_lr': {'optimizer.schedule': 'constant'},
+    'no_seed_mix': {'loop.seed_mix_ratio': 0.0},
+}
+_ARMS = flags.DEFINE_list('arms', ['ceiling'], f'Variants run beside self: {", ".join(ARMS)}.')
 
 
-def run_seed(config, seed: int, workdir: str, ceiling: bool) -> dict:
-  """Both runs of one seed: a row of the table (accuracies in [0, 1])."""
+def run_seed(config, seed: int, workdir: str, arms: list[str]) -> dict:
+  """The runs of one seed: a row of the table (accuracies in [0, 1])."""
   config = config.copy_and_resolve_references()
   with config.unlocked():
     config.seed = seed
@@ -45,48 +57,62 @@ def run_seed(config, seed: int, workdir: str, ceiling: bool) -> dict:
   row = {'seed': seed, 'base': result['base_hardest'], 'self': result['self_hardest'],
          'control': result['control_hardest'], 'gain': result['gain_over_control'],
          'control_arm': result['control']['chosen'], 'minutes': (time.time() - start) / 60}
-  if ceiling:
-    verifier = config.copy_and_resolve_references()
-    with verifier.unlocked():
-      verifier.workdir = os.path.join(workdir, f'seed_{seed}', 'ceiling')
-      verifier.init_from = config.init_from  # The same base.
-      verifier.loop.label = 'verifier'
-    control = os.path.join(verifier.workdir, 'control')
-    if not os.path.exists(control):
+  for arm in arms:
+    variant = config.copy_and_resolve_references()
+    with variant.unlocked():
+      variant.workdir = os.path.join(workdir, f'seed_{seed}', arm)
+      variant.init_from = config.init_from  # The same base.
+      for key, value in ARMS[arm].items():
+        section, field = key.split('.')
+        variant[section][field] = value
+    control = os.path.join(variant.workdir, 'control')
+    if not os.path.exists(control):  # The same control.
       shutil.copytree(os.path.join(config.workdir, 'control'), control)
-    row['ceiling'] = si_main.run(verifier)['self_hardest']
+    result = si_main.run(variant)
+    row[arm] = {'self': result['self_hardest'], 'gain': result['gain_over_control']}
   return row
 
 
-def pooled(rows: list[dict]) -> dict:
-  """Mean over seeds of each column, and of the paired gain with its 95% interval."""
-  n = len(rows)
-  mean = lambda key: sum(r[key] for r in rows) / n
-  gain = sum(r['gain']['mean'] for r in rows) / n
-  se = math.sqrt(sum(((r['gain']['high'] - r['gain']['low']) / (2 * 1.96)) ** 2
-                     for r in rows)) / n
-  out = {'seed': 'mean', 'base': mean('base'), 'self': mean('self'), 'control': mean('control'),
-         'gain': {'mean': gain, 'low': gain - 1.96 * se, 'high': gain + 1.96 * se}}
-  if all('ceiling' in r for r in rows):
-    out['ceiling'] = mean('ceiling')
+def _pooled_gain(gains: list[dict]) -> dict:
+  """Mean paired gain over seeds with its 95% interval (independent benchmarks: the standard
+  errors add in quadrature)."""
+  n = len(gains)
+  mean = sum(g['mean'] for g in gains) / n
+  se = math.sqrt(sum(((g['high'] - g['low']) / (2 * 1.96)) ** 2 for g in gains)) / n
+  return {'mean': mean, 'low': mean - 1.96 * se, 'high': mean + 1.96 * se}
+
+
+def pooled(rows: list[dict], arms: list[str]) -> dict:
+  """The mean over seeds of each column."""
+  mean = lambda values: sum(values) / len(values)
+  out = {'seed': 'mean', 'gain': _pooled_gain([r['gain'] for r in rows])}
+  for key in ('base', 'self', 'control'):
+    out[key] = mean([r[key] for r in rows])
+  for arm in arms:
+    out[arm] = {'self': mean([r[arm]['self'] for r in rows]),
+                'gain': _pooled_gain([r[arm]['gain'] for r in rows])}
   return out
 
 
-def table(rows: list[dict], level: str) -> str:
-  head = ['seed', f'base {level}', f'self {level}', f'best control {level}',
-          'control (lr, schedule, rounds)', f'verifier ceiling {level}',
-          'self - control, paired (95% CI)', 'self - base', 'minutes']
+def table(rows: list[dict], arms: list[str], level: str) -> str:
+  """Hardest-level accuracy (%) per seed; each arm as `accuracy (paired gain over the control,
+  95% CI)`."""
+  head = (['seed', f'base {level}', f'best control {level}', 'control (lr, schedule, rounds)',
+           f'self {level} (self - control, paired 95% CI)', 'self - base'] +
+          [f'{arm} {level} (- control)' for arm in arms] + ['minutes'])
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   pct = lambda x: f'{100 * x:.1f}'
+  with_gain = lambda acc, g: (f"{pct(acc)} ({100 * g['mean']:+.1f}; {100 * g['low']:+.1f}, "
+                              f"{100 * g['high']:+.1f})")
   for r in rows:
-    g, arm = r['gain'], r.get('control_arm')
-    lines.append('| ' + ' | '.join([
-        str(r['seed']), pct(r['base']), pct(r['self']), pct(r['control']),
-        f"{arm['learning_rate']:g}, {arm['schedule']}, {arm['rounds']}" if arm else '-',
-        pct(r['ceiling']) if 'ceiling' in r else '-',
-        f"{100 * g['mean']:+.1f} ({100 * g['low']:+.1f}, {100 * g['high']:+.1f})",
-        f"{100 * (r['self'] - r['base']):+.1f}",
-        f"{r['minutes']:.1f}" if 'minutes' in r else '-']) + ' |')
+    chosen = r.get('control_arm')
+    cells = [str(r['seed']), pct(r['base']), pct(r['control']),
+             f"{chosen['learning_rate']:g}, {chosen['schedule']}, {chosen['rounds']}"
+             if chosen else '-', with_gain(r['self'], r['gain']),
+             f"{100 * (r['self'] - r['base']):+.1f}"]
+    cells += [with_gain(r[arm]['self'], r[arm]['gain']) for arm in arms]
+    cells.append(f"{r['minutes']:.1f}" if 'minutes' in r else '-')
+    lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
 
@@ -95,9 +121,12 @@ def main(argv):
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)
   config = flags.FLAGS.config
-  rows = [run_seed(config, int(s), _WORKDIR.value, _CEILING.value) for s in _SEEDS.value]
-  rows.append(pooled(rows))
-  text = table(rows, report.level_key(config.task.max_digits))
+  unknown = sorted(set(_ARMS.value) - set(ARMS))
+  if unknown:
+    raise app.UsageError(f'--arms: unknown {unknown}; choose from {sorted(ARMS)}')
+  rows = [run_seed(config, int(s), _WORKDIR.value, _ARMS.value) for s in _SEEDS.value]
+  rows.append(pooled(rows, _ARMS.value))
+  text = table(rows, _ARMS.value, report.level_key(config.task.max_digits))
   os.makedirs(_WORKDIR.value, exist_ok=True)
   with open(os.path.join(_WORKDIR.value, 'seeds.md'), 'w') as f:
     f.write(text + '\n')

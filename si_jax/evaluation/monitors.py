@@ -212,8 +212,8 @@ def collapse(distinct_history: Sequence[float], entropy_history: Sequence[float]
 
   With nll_first / nll_last (per-example NLL per token of one fixed real monitoring set, at the
   first and the latest round) the flag also needs that real data got less likely: by more than
-  z standard errors of the paired change and by more than `rise` (relative). Narrowing alone is
-  also what healthy learning looks like; narrowing while real data slips away is collapse.
+  z standard errors of the paired change and by more than `rise` nats per token. Narrowing alone
+  is also what healthy learning looks like; narrowing while real data slips away is collapse.
   """
   notes, flag = [], False
   for name, history in (('distinct-n', distinct_history), ('token entropy', entropy_history)):
@@ -227,9 +227,9 @@ def collapse(distinct_history: Sequence[float], entropy_history: Sequence[float]
   if nll_first is not None:
     first = float(np.mean(nll_first))
     change, se = paired_change(nll_first, nll_last)
-    rose = change > max(rise * first, z * se)
+    rose = change > max(rise, z * se)
     flag &= rose
     notes.append(f'real-data NLL {first:.3f} -> {first + change:.3f} ({change:+.3f} +- {se:.3f}, '
-                 f'flag beyond {z:g} standard errors and {rise:.0%})')
+                 f'flag beyond {z:g} standard errors and {rise:g})')
   verdict = 'collapse' if flag else 'no collapse'
   return _flag(flag, f'{verdict} (allowed fall {drop:.0%}): ' + '; '.join(notes))
