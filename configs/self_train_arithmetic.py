@@ -107,7 +107,7 @@ def shrink(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The same three phases in about four minutes on 2 cores (the acceptance test's run): levels
   2-4, a 3,000-problem seed set with ~390 of level 4, a 2,000-step base, a two-candidate control
   sweep, then 3 rounds of 1,000 level-4 problems (each kept problem also trained as b+a) at a
-  gentler learning rate. With fewer level-4 seeds (~100 or ~130) the control has no foothold at
+  gentler learning rate. With fewer level-4 seeds (~65 or ~140) the control has no foothold at
   level 4 on some seeds and the loop has nothing to vote on. Measured on seeds 0-4 in
   experiments/self_train/README.md."""
   c.workdir = '/tmp/si_jax/self_train_arithmetic_small'
