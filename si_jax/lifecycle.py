@@ -221,8 +221,8 @@ def monitor_flags(history: list[dict], validation: dict, loop) -> dict[str, dict
   last, first = history[-1], validation['0']
   now = validation[str(last['round'])]
   # Hacking builds up over rounds: compare with round 1, the first with a proxy reward.
-  window = history[0]
-  then = validation[str(window['round'])]
+  reference = history[0]
+  then = validation[str(reference['round'])]
   return {
       'collapse': monitors.collapse(
           [h['diversity'] for h in history], [h['token_entropy'] for h in history],
@@ -230,7 +230,7 @@ def monitor_flags(history: list[dict], validation: dict, loop) -> dict[str, dict
           z=loop.monitor_z, rise=loop.collapse_nll_rise),
       'reward_hacking': monitors.reward_hacking(
           (last['proxy_reward'], last['proxy_reward_se']),
-          (window['proxy_reward'], window['proxy_reward_se']),
+          (reference['proxy_reward'], reference['proxy_reward_se']),
           then['correct'], now['correct'], z=loop.monitor_z, tol=loop.hacking_fall),
   }
 

@@ -55,7 +55,7 @@ def main_job(tmp_path_factory):
 # Margins below the smallest of seeds 0-4 of configs/self_train_arithmetic.py:small
 # (experiments/self_train/README.md), not one trajectory: self - base at the last round was
 # +20.5..+34.5 points, and the paired gain over the control averaged over rounds 1-3 was
-# +3.0..+8.3 (each of the 15 rounds between +2 and +11).
+# +3.0..+8.3 (from each round's gain as rounds.md prints it, in whole points: +2..+11).
 MIN_GAIN_OVER_BASE = 0.1
 MIN_MEAN_GAIN_OVER_CONTROL = 0.0
 
