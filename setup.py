@@ -34,6 +34,6 @@ setuptools.setup(
     extras_require={
         'test': TEST,
         # Parity checks against reference implementations only; never imported at run time.
-        'parity': ['torch==2.13.0', 'transformers'],
+        'parity': ['torch==2.13.0', 'transformers==5.25.0'],
     },
 )

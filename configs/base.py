@@ -12,6 +12,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0  # Seeds params, data order and sampling.
   c.workdir = '/tmp/si_jax/run'  # Checkpoints, tokenizer and metrics go here.
   c.init_from = ''  # Warm start: an earlier run's workdir (its tokenizer and params).
+  # Start from a Hugging Face checkpoint directory (Llama / Gemma / Qwen2: config.json,
+  # *.safetensors, tokenizer.model): its architecture replaces config.model, and its weights
+  # and tokenizer are the start (si_jax/models/hf.py).
+  c.init_from_hf = ''
   c.tokenizer_extra_chars = ''  # Characters beyond the task's alphabet (e.g. a judge template's).
 
   # --- Model: si_jax.models.TransformerConfig fields (REF-25M, Llama-style, by default). ---
@@ -31,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.tie_embeddings = False  # Share input embedding and output projection.
   c.model.embed_scale = False  # Scale embeddings by sqrt(d_model) (Gemma).
   c.model.qk_norm = False  # RMSNorm on per-head queries and keys (Qwen3).
+  c.model.qkv_bias = False  # Biases on the query/key/value projections (Qwen2).
   c.model.logit_softcap = 0.0  # > 0: cap * tanh(logits / cap) (Gemma2); 0 disables.
   c.model.param_dtype = 'float32'  # Storage dtype of parameters.
   c.model.dtype = 'float32'  # Compute dtype ('bfloat16' on accelerators).

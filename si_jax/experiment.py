@@ -3,8 +3,9 @@
 `setup(config, total_steps)` returns these as plain fields; the loops (si_jax/train.py and the
 GRO paradigms in si_jax/optimization/) stay in charge of their own control flow. Start-up order:
   1. resume: the run's own workdir holds a checkpoint -> state, tokenizer and metadata from it;
-  2. warm start: `config.init_from` names an earlier run's workdir -> its tokenizer and params,
-     with a fresh optimizer (how GRO loops start from an SFT model);
+  2. warm start: `config.init_from` names an earlier run's workdir (or an HF checkpoint, see
+     `config.init_from_hf`) -> its tokenizer and params, with a fresh optimizer (how GRO loops
+     start from an SFT model);
   3. otherwise a fresh model and a char tokenizer trained on the task's alphabet.
 """
 
@@ -19,6 +20,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from si_jax import checkpoint, metrics, models, sharding, tasks, train_state
+from si_jax.models import hf
 from si_jax.optimization import optimizers
 from si_jax.tokenizers import Tokenizer
 
@@ -57,6 +59,11 @@ def _tokenizer(task: tasks.Task, workdir: str, init_from: str, extra_chars: str)
       tokenizer = Tokenizer.load(directory)
       break
   else:
+    if hf.is_checkpoint(init_from):
+      raise FileNotFoundError(
+          f'{init_from} (config.init_from_hf) has no sentencepiece tokenizer.model: a fresh '
+          f'tokenizer would not match its embeddings. Copy the checkpoint\'s tokenizer.model '
+          f'there (BPE tokenizer.json files, e.g. Qwen2\'s, are not read)')
     chars = task.alphabet() + extra_chars
     tokenizer = Tokenizer.train([chars], vocab_size=len(chars) + 8)
   tokenizer.save(workdir)
@@ -121,7 +128,11 @@ def warm_start(config) -> str:
 
 def load_params(workdir: str, model_cfg: models.TransformerConfig, param_shardings,
                 with_meta: bool = False):
-  """The latest params of the run in `workdir` (a warm start, or a frozen reference model)."""
+  """The latest params of the run in `workdir` (a warm start, or a frozen reference model), or
+  of the HF checkpoint there."""
+  if hf.is_checkpoint(workdir):
+    params = hf.load_params(workdir, model_cfg, param_shardings)
+    return (params, {}) if with_meta else params
   source = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints'))
   _, abstract_params = models.abstract_model(model_cfg)
   params, meta = source.restore_params(abstract_params, param_shardings, model_cfg=model_cfg)

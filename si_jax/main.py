@@ -2,6 +2,7 @@
 
   python -m si_jax.main        # the main job: configs/self_train_arithmetic.py
   python -m si_jax.main --config=configs/sft_reverse.py --config.train.num_steps=500
+  python -m si_jax.main --config.init_from_hf=/path/to/hf_model   # start from an HF checkpoint
 """
 
 import os
@@ -19,12 +20,15 @@ def run(config):
   """Runs `config.job`; GRO jobs first get a base model (config.init_from, or trained here)."""
   # pylint: disable=g-import-not-at-top
   from si_jax import experiment, lifecycle, train
+  from si_jax.models import hf
   from si_jax.optimization import online_rl, rejection_sampling, self_play, self_rewarding
   jobs = {'sft': train.run, 'grpo': online_rl.run, 'rejection_sampling': rejection_sampling.run,
           'self_rewarding': self_rewarding.run, 'spin': self_play.run,
           'self_train': lifecycle.run}
   if config.job not in jobs:
     raise app.UsageError(f'config.job={config.job!r} is not one of {sorted(jobs)}')
+  if config.init_from_hf:  # Its architecture replaces config.model; its weights the base phase.
+    hf.apply_to_config(config, config.init_from_hf)
   if config.job != 'sft':  # GRO jobs start from a base model: given, or trained first.
     with config.unlocked():
       config.init_from = experiment.warm_start(config)

@@ -1,7 +1,8 @@
 """SentencePiece tokenizers: load a `.model` file, or train a small one in-process on task text.
 
 Special ids are fixed across every tokenizer si_jax trains, so configs can rely on them:
-pad = 0, unk = 1, bos = 2, eos = 3. Text is not normalised (identity rule, no dummy prefix,
+pad = 0, unk = 1, bos = 2, eos = 3. A loaded model keeps its own (a Llama `tokenizer.model` has
+unk = 0, bos = 1, eos = 2 and no pad: padding then uses unk, which is never attended to). Text is not normalised (identity rule, no dummy prefix,
 whitespace kept), so `decode(encode(s)) == s` for any string whose characters are in the vocab.
 """
 
@@ -24,6 +25,11 @@ class Tokenizer:
   def __init__(self, model_proto: bytes):
     self.model_proto = model_proto
     self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+    self.unk_id, self.bos_id, self.eos_id = self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id()
+    self.pad_id = self.sp.pad_id() if self.sp.pad_id() >= 0 else self.unk_id
+    if min(self.bos_id, self.eos_id) < 0:
+      raise ValueError('the sentencepiece model has no bos or eos piece: si_jax needs both '
+                       '(train it with bos_id and eos_id set)')
 
   # --- Construction ----------------------------------------------------------------------------
 
@@ -82,8 +88,6 @@ class Tokenizer:
   def vocab_size(self) -> int:
     return self.sp.get_piece_size()
 
-  pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
-
   def check_model_vocab(self, model_vocab_size: int):
     """Fails clearly when a model cannot embed every id this tokenizer emits."""
     if model_vocab_size < self.vocab_size:
@@ -95,20 +99,22 @@ class Tokenizer:
   # --- Encode / decode ---------------------------------------------------------------------------
 
   def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
-    ids = self.sp.encode(text)
-    return ([BOS_ID] if bos else []) + ids + ([EOS_ID] if eos else [])
+    return self._wrap(self.sp.encode(text), bos, eos)
 
   def encode_batch(self, texts: Sequence[str], bos: bool = False, eos: bool = False):
-    return [([BOS_ID] if bos else []) + ids + ([EOS_ID] if eos else [])
-            for ids in self.sp.encode(list(texts))]
+    return [self._wrap(ids, bos, eos) for ids in self.sp.encode(list(texts))]
+
+  def _wrap(self, ids: list[int], bos: bool, eos: bool) -> list[int]:
+    return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
 
   def decode(self, ids) -> str:
     """Decodes up to the first eos; pad/bos are dropped; ids past the vocab (a model's padded
     vocab) decode as unk."""
-    ids = [int(i) if 0 <= i < self.vocab_size else UNK_ID for i in np.asarray(ids).reshape(-1)]
-    if EOS_ID in ids:
-      ids = ids[:ids.index(EOS_ID)]
-    return self.sp.decode([i for i in ids if i not in (PAD_ID, BOS_ID)])
+    ids = [int(i) if 0 <= i < self.vocab_size else self.unk_id
+           for i in np.asarray(ids).reshape(-1)]
+    if self.eos_id in ids:
+      ids = ids[:ids.index(self.eos_id)]
+    return self.sp.decode([i for i in ids if i not in (self.pad_id, self.bos_id)])
 
   def decode_batch(self, ids_batch) -> list[str]:
     return [self.decode(ids) for ids in ids_batch]

@@ -35,6 +35,7 @@ _WORKDIR = flags.DEFINE_string('workdir', '/tmp/si_jax/seeds', 'One folder per s
 # One change to the main job each, from the same base and control.
 ARMS = {
     'ceiling': {'loop.label': 'verifier'},
+    'unanimity': {'loop.min_agreement': 1.0},
     'agree_0.875': {'loop.min_agreement': 0.875},
     'agree_0.75': {'loop.min_agreement': 0.75},
     'agree_0.5': {'loop.min_agreement': 0.5},

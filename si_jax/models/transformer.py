@@ -51,6 +51,7 @@ class TransformerConfig:
   tie_embeddings: bool = False  # Output projection reuses the input embedding (Gemma).
   embed_scale: bool = False  # Multiply embeddings by sqrt(d_model) (Gemma).
   qk_norm: bool = False  # RMSNorm on queries and keys per head (Qwen3, Gemma3).
+  qkv_bias: bool = False  # Biases on the query/key/value projections (Qwen2).
   logit_softcap: float = 0.0  # > 0: logits = cap * tanh(logits / cap) (Gemma2). 0: off.
   param_dtype: str = 'float32'
   dtype: str = 'float32'  # Compute dtype of matmuls; softmax and logits stay float32.
@@ -139,6 +140,11 @@ class Attention(nnx.Module):
     self.v_DxKxH = _param(rngs, init, (d, k, h), ('embed', 'kv_heads', 'head_dim'), pdt)
     out_init = nnx.initializers.normal(stddev=(n * h) ** -0.5 / (2 * cfg.num_layers) ** 0.5)
     self.o_NxHxD = _param(rngs, out_init, (n, h, d), ('heads', 'head_dim', 'embed'), pdt)
+    if cfg.qkv_bias:
+      zeros = nnx.initializers.zeros
+      self.q_bias_NxH = _param(rngs, zeros, (n, h), ('heads', 'head_dim'), pdt)
+      self.k_bias_KxH = _param(rngs, zeros, (k, h), ('kv_heads', 'head_dim'), pdt)
+      self.v_bias_KxH = _param(rngs, zeros, (k, h), ('kv_heads', 'head_dim'), pdt)
     if cfg.qk_norm:
       self.q_norm = RMSNorm(h, cfg, rngs)
       self.k_norm = RMSNorm(h, cfg, rngs)
@@ -150,6 +156,10 @@ class Attention(nnx.Module):
     q = jnp.einsum('BTD,DNH->BTNH', x_BxTxD, self.q_DxNxH[...].astype(dt))
     k = jnp.einsum('BTD,DKH->BTKH', x_BxTxD, self.k_DxKxH[...].astype(dt))
     v = jnp.einsum('BTD,DKH->BTKH', x_BxTxD, self.v_DxKxH[...].astype(dt))
+    if cfg.qkv_bias:
+      q = q + self.q_bias_NxH[...].astype(dt)[None, None]
+      k = k + self.k_bias_KxH[...].astype(dt)[None, None]
+      v = v + self.v_bias_KxH[...].astype(dt)[None, None]
     if cfg.qk_norm:
       q, k = self.q_norm(q), self.k_norm(k)
     if cfg.position_encoding == 'rope':

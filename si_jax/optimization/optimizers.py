@@ -41,8 +41,11 @@ def _schedule(cfg, total_steps: int) -> optax.Schedule:
 
 
 def _decay_mask(params):
-  """Weight decay on matrices only: norms' scales are left alone."""
-  return jax.tree.map(lambda p: p.ndim >= 2, params)
+  """Weight decay on weight matrices only: norms' scales and biases (q_bias_NxH is 2-D) are
+  left alone."""
+  is_bias = lambda path: 'bias' in str(getattr(path[-1], 'key', path[-1]))
+  return jax.tree_util.tree_map_with_path(lambda path, p: p.ndim >= 2 and not is_bias(path),
+                                          params)
 
 
 def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
