@@ -1,7 +1,7 @@
-"""Tests for the best-effort code sandbox: outcomes, limits, and that the host survives."""
+"""The sandbox's outcomes and limits for ordinary programs (hostile ones: test_sandbox_attacks.py)."""
 
 import os
-import socket
+import tempfile
 import time
 
 from si_jax.acquisition import sandbox
@@ -11,27 +11,6 @@ _LIMITS = sandbox.SandboxLimits(wall_time_s=2.0, cpu_time_s=2, memory_mb=256)
 
 def _run(code: str, **kwargs) -> sandbox.ExecResult:
   return sandbox.run_python(code, limits=kwargs.pop('limits', _LIMITS), **kwargs)
-
-
-def _live_pids_in_session(sid: int) -> list[int]:
-  """Non-zombie processes of a session (zombies may linger if PID 1 does not reap)."""
-  pids = []
-  for name in os.listdir('/proc'):
-    try:
-      with open(f'/proc/{name}/stat') as f:
-        fields = f.read().rsplit(')', 1)[1].split()
-    except (OSError, IndexError):
-      continue
-    if int(fields[3]) == sid and fields[0] != 'Z':  # State, ppid, pgrp, session.
-      pids.append(int(name))
-  return pids
-
-
-def _assert_session_gone(sid: int) -> None:
-  deadline = time.monotonic() + 2.0
-  while _live_pids_in_session(sid) and time.monotonic() < deadline:
-    time.sleep(0.05)
-  assert not _live_pids_in_session(sid)
 
 
 def test_ok_program_with_stdin():
@@ -58,48 +37,6 @@ def test_cpu_limit_is_a_timeout():
   assert r.status == 'timeout' and r.wall_time_s < 5.0
 
 
-def test_memory_bombs():
-  assert _run('x = bytearray(10**10)').status == 'out_of_memory'
-  assert _run('x = []\nwhile True:\n  x.append(" " * 10**6)').status == 'out_of_memory'
-
-
-def test_fork_bomb_is_contained():
-  r = _run('import os, sys\nprint(os.getsid(0), flush=True)\nwhile True:\n  os.fork()')
-  assert r.status != 'ok'
-  assert 'process budget exhausted' in r.stderr
-  _assert_session_gone(int(r.stdout.split()[0]))
-
-
-def test_background_child_is_killed():
-  r = _run('import os, time\nif os.fork() == 0:\n  time.sleep(60)\nprint(os.getsid(0))')
-  assert r.status == 'ok'
-  _assert_session_gone(int(r.stdout))
-
-
-def test_no_network():
-  with socket.socket() as server:
-    server.bind(('127.0.0.1', 0))
-    server.listen()
-    server.setblocking(False)
-    port = server.getsockname()[1]
-    r = _run(f'import socket\nsocket.create_connection(("127.0.0.1", {port}), timeout=1)')
-    assert r.status == 'error'
-    assert 'PermissionError' in r.stderr or 'ConnectionRefusedError' in r.stderr
-    try:
-      server.accept()
-      connected = True
-    except BlockingIOError:
-      connected = False
-  assert not connected
-
-
-def test_write_outside_is_refused(tmp_path):
-  target = tmp_path / 'evil.txt'
-  r = _run(f'open({str(target)!r}, "w").write("pwned")')
-  assert r.status == 'error' and 'PermissionError' in r.stderr
-  assert not target.exists()
-
-
 def test_writes_inside_are_allowed():
   r = _run('open("a.txt", "w").write("hi")\nprint(open("a.txt").read())')
   assert (r.status, r.stdout) == ('ok', 'hi\n')
@@ -124,19 +61,10 @@ def test_output_is_capped():
   assert r.stdout == 'x' * 1000 and r.stderr == 'y' * 1000
 
 
-def test_temp_dir_is_removed():
-  r = _run('import os\nprint(os.getcwd())')
-  workdir = r.stdout.strip()
-  assert r.status == 'ok' and workdir
-  assert not os.path.exists(workdir) and not os.path.exists(os.path.dirname(workdir))
+def test_scratch_dir_is_removed(tmp_path, monkeypatch):
+  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path))
+  r = _run('import os\nprint(os.getcwd())\nopen("left_behind", "w").write("x")')
+  assert (r.status, r.stdout) == ('ok', '/sandbox\n')
+  assert not os.listdir(tmp_path)
 
 
-def test_run_tests_rewards():
-  tests = 'assert add(2, 3) == 5\nassert add(-1, 1) == 0'
-  reward, result = sandbox.run_tests('def add(a, b):\n  return a + b', tests, limits=_LIMITS)
-  assert (reward, result.status) == (1.0, 'ok')
-  reward, result = sandbox.run_tests('def add(a, b):\n  return a - b', tests, limits=_LIMITS)
-  assert (reward, result.status) == (0.0, 'error') and 'AssertionError' in result.stderr
-  reward, result = sandbox.run_tests('def add(a, b):\n  while True:\n    pass', tests,
-                                     limits=_LIMITS)
-  assert (reward, result.status) == (0.0, 'timeout')

@@ -261,8 +261,11 @@ class CodeTask(Task):
     return 1.0, result
 
   def verify(self, problem: Problem, completion: str) -> float:
-    """1.0 iff every hidden test passes in the sandbox. Never raises."""
+    """1.0 iff every hidden test passes in the sandbox. Raises only when the sandbox cannot
+    isolate (a silent 0 would look like a model that never codes right)."""
     try:
       return self.run_hidden_tests(problem, completion)[0]
+    except sandbox.SandboxUnavailable:
+      raise
     except Exception:  # pylint: disable=broad-except
       return 0.0
