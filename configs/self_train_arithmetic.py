@@ -12,8 +12,8 @@ few of the hardest level, 300 of them held out. Three phases (si_jax/lifecycle.p
               (loop.control_arm). The self arm starts here, so its gain over the control is
               what self-improvement adds beyond supervised learning on every label there is;
   3. loop     each round acquires fresh problems, samples k answers for each problem and for its
-              commuted twin (b+a), keeps the answer all 2k samples agree on when its shape is
-              plausible (unanimity), fine-tunes on the accumulated store plus seed data (a
+              commuted twin (b+a), keeps the answer 3/4 of the 2k samples agree on when its shape is
+              plausible (a 3/4 majority), fine-tunes on the accumulated store plus seed data (a
               warmup + cosine cycle per round), and evaluates both arms on a fresh benchmark.
 Outputs in workdir: rounds.md (the per-round table), accuracy.png, metrics.jsonl, tensorboard/,
 checkpoints/, control/, store/. Measured in experiments/self_train/README.md.
@@ -45,7 +45,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.data.seed_validation_size = 300  # Held out of the seed set: monitors and control tuning.
 
   c.train = ml_collections.ConfigDict()  # The base phase: SFT on the seed set.
-  c.train.num_steps = 2000
+  c.train.num_steps = 1000  # A base with a foothold at level 5 on some seeds, none on others.
   c.train.batch_size = 64
   c.train.log_every = 100
   c.train.eval_size = 500  # Held-out problems the base phase reports on.
@@ -62,7 +62,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.loop.temperature = 1.0  # Sampling temperature.
   c.loop.max_new_tokens = 8  # Completion budget (answers have <= max_digits + 1 digits).
   c.loop.label = 'majority'  # 'majority' (no labels) or 'verifier' (the labelled ceiling).
-  c.loop.min_agreement = 1.0  # Keep a pseudo-label when this share of its samples agree.
+  c.loop.min_agreement = 0.75  # Keep a pseudo-label when this share of its samples agree.
   c.loop.select_score = ''  # Optional selection score (si_jax/lifecycle.SELECT_SCORES).
   c.loop.select_fraction = 1.0  # Fraction of the labelled examples the score keeps.
   c.loop.policy = 'accumulate'  # Self-generated data: every round's ('accumulate') or the last.
@@ -70,7 +70,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.loop.sft_steps = 200  # Update steps per round (the control's budget: num_rounds x this).
   c.loop.batch_size = 64
   c.loop.max_epochs = 1e9  # No cap on passes over a round's data.
-  c.loop.eval_per_difficulty = 200  # Fresh benchmark problems per level and round.
+  c.loop.eval_per_difficulty = 500  # Fresh benchmark problems per level and round.
   c.loop.monitor_z = 2.0  # Monitors flag a change beyond this many standard errors only.
   c.loop.hacking_fall = 0.05  # Reward-hacking flag: proxy up, held-out seed accuracy down this.
   c.loop.collapse_drop = 0.3  # Collapse flag: sample diversity or entropy fell this much,
@@ -107,15 +107,16 @@ def shrink(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The same three phases in about four minutes on 2 cores (the acceptance test's run): levels
   2-4, a 3,000-problem seed set with ~390 of level 4, a 2,000-step base, a two-candidate control
   sweep, then 3 rounds of 1,000 level-4 problems (each kept problem also trained as b+a) at a
-  gentler learning rate. With fewer level-4 seeds (~65 or ~140) the control has no foothold at
-  level 4 on some seeds and the loop has nothing to vote on. Measured on seeds 0-4 in
-  experiments/self_train/README.md."""
+  gentler learning rate, unanimous votes and a 200-problem benchmark per level. With fewer
+  level-4 seeds (~65 or ~140) the control has no foothold at level 4 on some seeds and the loop has
+  nothing to vote on. Measured on seeds 0-4 in experiments/self_train/README.md."""
   c.workdir = '/tmp/si_jax/self_train_arithmetic_small'
   c.task.max_digits = 4
   c.data.seq_len = 20
   c.data.seed_set_size, c.data.difficulty_weights = 3000, (1.0, 1.0, 0.3)
   c.data.seed_validation_size = 200
-  c.train.eval_size = 64
+  c.train.num_steps, c.train.eval_size = 2000, 64
+  c.loop.min_agreement, c.loop.eval_per_difficulty = 1.0, 200
   c.loop.num_rounds, c.loop.sft_steps = 3, 100
   c.loop.top_level_share, c.loop.train_rewrites = 1.0, True
   c.loop.control_arm.learning_rates, c.loop.control_arm.schedules = (1e-3, 2e-3), ('cosine',)

@@ -4,15 +4,23 @@ Each checkpoint holds the sharded train state (params, optimizer state, step, RN
 dict (round, data-iterator state, controller state, the model config and tokenizer size). Orbax
 writes into a temporary directory and renames it when complete, so a killed run never leaves a
 half-written "latest" checkpoint. Restores go onto any mesh: the caller passes the shardings.
+
+Orbax stores no checksums: a flipped byte in an array file restores silently as wrong numbers.
+So every save also records a fingerprint of each array (an integer hash of its bits, exact on any
+mesh because integer sums do not depend on the reduction order), and every restore checks it. A
+damaged checkpoint fails naming its directory and what to do; nothing on disk is touched.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from si_jax import models
@@ -38,14 +46,46 @@ class Checkpointer:
 
   def save(self, step: int, state, meta: dict[str, Any] | None = None, force: bool = False) -> bool:
     """Saves (asynchronously if configured). `meta` must be JSON-serialisable."""
+    meta = {**(meta or {}), 'fingerprints': fingerprints(state)}
     return self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta or {}))),
-        force=force)
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=force)
 
   def read_meta(self, step: int | None = None) -> dict[str, Any]:
     step = self._resolve(step)
-    return dict(self.manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))['meta'])
+    with self._named_errors(step):
+      return dict(self.manager.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore()))['meta'])
+
+  @contextlib.contextmanager
+  def _named_errors(self, step: int):
+    """Any failure to read a checkpoint (missing, truncated or garbled files) names it and the
+    ways out; ValueErrors that already name it pass through."""
+    try:
+      yield
+    except ValueError as e:
+      if self.directory in str(e):
+        raise
+      raise self._damaged(step, e) from e
+    except Exception as e:  # pylint: disable=broad-except  # orbax / tensorstore / JSON errors.
+      raise self._damaged(step, e) from e
+
+  def _damaged(self, step: int, error: Exception) -> ValueError:
+    others = sorted(s for s in self.all_steps() if s != step)
+    first_line = (str(error).splitlines() or [''])[0][:200]
+    return ValueError(
+        f'checkpoint {self.directory}/{step} is damaged or incomplete '
+        f'({type(error).__name__}: {first_line}). Nothing was changed on disk. Move that '
+        f'directory aside to resume from the previous checkpoint '
+        f'({others[-1] if others else "none left: a fresh start"}), or use another workdir.')
+
+  def _check_fingerprints(self, step: int, restored, meta: dict[str, Any], prefix: str = ''):
+    saved = meta.get('fingerprints')
+    if saved is None:  # Written before fingerprints existed.
+      return
+    for path, value in fingerprints(restored, prefix).items():
+      if saved.get(path, value) != value:
+        raise self._damaged(step, ValueError(f'array {path} does not match the fingerprint '
+                                             f'recorded when it was saved'))
 
   def restore(self, abstract_state, shardings, step: int | None = None,
               model_cfg: models.TransformerConfig | None = None):
@@ -64,8 +104,13 @@ class Checkpointer:
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target)))
     except (ValueError, KeyError, TypeError) as e:
+      if _is_damage(e):
+        raise self._damaged(step, e) from e
       raise ValueError(f'checkpoint {self.directory}/{step} does not match the state being '
                        f'restored (different model, optimizer or train state?): {e}') from e
+    except Exception as e:  # pylint: disable=broad-except  # tensorstore read errors.
+      raise self._damaged(step, e) from e
+    self._check_fingerprints(step, restored['state'], meta)
     return restored['state'], meta
 
   def restore_params(self, abstract_params, param_shardings, step: int | None = None,
@@ -79,7 +124,8 @@ class Checkpointer:
     meta = self.read_meta(step)
     if model_cfg is not None and 'model_config' in meta:
       check_model_config(meta['model_config'], model_cfg, f'{self.directory}/{step}')
-    saved = self.manager.item_metadata(step)['state']
+    with self._named_errors(step):
+      saved = self.manager.item_metadata(step)['state']
     rep = jax.sharding.NamedSharding(jax.tree.leaves(param_shardings)[0].mesh,
                                      jax.sharding.PartitionSpec())
     target = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=rep),
@@ -91,8 +137,14 @@ class Checkpointer:
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target)))
     except (ValueError, KeyError, TypeError) as e:
+      if _is_damage(e):
+        raise self._damaged(step, e) from e
       raise ValueError(f'params in {self.directory}/{step} do not match the model: {e}') from e
-    return restored['state']['params'], meta
+    except Exception as e:  # pylint: disable=broad-except  # tensorstore read errors.
+      raise self._damaged(step, e) from e
+    params = restored['state']['params']
+    self._check_fingerprints(step, params, meta, prefix='params')
+    return params, meta
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -114,6 +166,37 @@ class Checkpointer:
     return step
 
 
+def _is_damage(error: Exception) -> bool:
+  """Errors orbax raises for missing or unreadable files rather than for a different state."""
+  text = str(error)
+  return any(k in text for k in ('not found', 'does not exist', 'TensorStore', 'Available items'))
+
+
+def fingerprints(tree, prefix: str = '') -> dict[str, int]:
+  """{path: hash of the array's bits}: uint32 sum of bits x position-dependent odd weights, so a
+  changed, zeroed or moved element changes it, and it is the same on any mesh."""
+
+  def one(x):
+    x = jnp.asarray(x)
+    if x.dtype == jnp.bool_:
+      x = x.astype(jnp.uint8)
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+    bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).reshape(-1)
+    weights = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761) | jnp.uint32(1)
+    return jnp.sum(bits * weights, dtype=jnp.uint32)
+
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  values = jax.device_get(_fingerprint_all([leaf for _, leaf in leaves], one))
+  paths = ['/'.join([prefix] * bool(prefix) + [str(getattr(k, 'key', getattr(k, 'name', k)))
+                                                for k in path]) for path, _ in leaves]
+  return {p: int(v) for p, v in zip(paths, values)}
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _fingerprint_all(leaves, one):
+  return [one(x) for x in leaves]
+
+
 def model_config_dict(cfg: models.TransformerConfig) -> dict[str, Any]:
   return dataclasses.asdict(cfg)
 
@@ -122,8 +205,9 @@ def check_model_config(saved: dict[str, Any], cfg: models.TransformerConfig, whe
   """Raises naming each architecture field that differs (remat/dtype may differ freely)."""
   free = {'remat', 'dtype'}
   current = model_config_dict(cfg)
-  diffs = {k: (saved.get(k), v) for k, v in current.items()
-           if k not in free and saved.get(k) != v}
+  defaults = {f.name: f.default for f in dataclasses.fields(models.TransformerConfig)}
+  diffs = {k: (saved.get(k, defaults[k]), v) for k, v in current.items()  # Older checkpoints
+           if k not in free and saved.get(k, defaults[k]) != v}  # lack newer (default) knobs.
   if diffs:
     lines = ', '.join(f'{k}: checkpoint={a!r} config={b!r}' for k, (a, b) in sorted(diffs.items()))
     raise ValueError(f'checkpoint {where} was written for a different model ({lines}); '

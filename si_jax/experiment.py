@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from typing import Any
 
 import optax
@@ -103,6 +104,17 @@ def setup(config, total_steps: int) -> Experiment:
   writer = metrics.JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))
   return Experiment(config, mesh, task, tokenizer, model, tx, schedule, state, shardings, ckpt,
                     writer, meta, resumed)
+
+
+def check_workdir(workdir: str) -> None:
+  """Fails before any work when the run could not save what it computes."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.write_probe_'):
+      pass
+  except OSError as e:
+    raise PermissionError(f'config.workdir={workdir!r} is not writable ({e.strerror}): the run '
+                          f'could not save checkpoints. Pass a writable --config.workdir') from e
 
 
 def warm_start(config) -> str:

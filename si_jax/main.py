@@ -19,7 +19,7 @@ _CONFIG = config_flags.DEFINE_config_file('config', _DEFAULT_CONFIG, 'Experiment
 def run(config):
   """Runs `config.job`; GRO jobs first get a base model (config.init_from, or trained here)."""
   # pylint: disable=g-import-not-at-top
-  from si_jax import experiment, lifecycle, train
+  from si_jax import config_checks, experiment, lifecycle, train
   from si_jax.models import hf
   from si_jax.optimization import online_rl, rejection_sampling, self_play, self_rewarding
   jobs = {'sft': train.run, 'grpo': online_rl.run, 'rejection_sampling': rejection_sampling.run,
@@ -27,6 +27,8 @@ def run(config):
           'self_train': lifecycle.run}
   if config.job not in jobs:
     raise app.UsageError(f'config.job={config.job!r} is not one of {sorted(jobs)}')
+  config_checks.check(config)
+  experiment.check_workdir(config.workdir)
   if config.init_from_hf:  # Its architecture replaces config.model; its weights the base phase.
     hf.apply_to_config(config, config.init_from_hf)
   if config.job != 'sft':  # GRO jobs start from a base model: given, or trained first.

@@ -2,8 +2,9 @@
 
 Special ids are fixed across every tokenizer si_jax trains, so configs can rely on them:
 pad = 0, unk = 1, bos = 2, eos = 3. A loaded model keeps its own (a Llama `tokenizer.model` has
-unk = 0, bos = 1, eos = 2 and no pad: padding then uses unk, which is never attended to). Text is not normalised (identity rule, no dummy prefix,
-whitespace kept), so `decode(encode(s)) == s` for any string whose characters are in the vocab.
+unk = 0, bos = 1, eos = 2 and no pad: padding then uses unk, which is never attended to).
+Text is not normalised (identity rule, no dummy prefix, whitespace kept), so
+`decode(encode(s)) == s` for any string whose characters are in the vocab.
 """
 
 from __future__ import annotations
@@ -42,7 +43,12 @@ class Tokenizer:
       raise FileNotFoundError(f'no sentencepiece model at {path!r}: pass a .model file or a '
                               f'directory holding {FILENAME} (e.g. a run\'s checkpoint dir)')
     with open(path, 'rb') as f:
-      return cls(f.read())
+      proto = f.read()
+    try:
+      return cls(proto)
+    except RuntimeError as e:
+      raise ValueError(f'{path} is not a sentencepiece model ({len(proto)} bytes; {e}): restore '
+                       f'the tokenizer.model saved with the run or the checkpoint') from e
 
   @classmethod
   def train(cls, texts: Iterable[str], vocab_size: int, model_type: str = 'char',
@@ -54,6 +60,10 @@ class Tokenizer:
     special pieces plus the characters seen. A newline is always a piece (sentencepiece would
     otherwise treat it as a sentence break): few-shot prompts put one example per line.
     """
+    texts = [t for t in texts if t]
+    if not texts:
+      raise ValueError('Tokenizer.train: the corpus is empty (no non-empty text): pass the '
+                       'task\'s alphabet or sample texts to learn the pieces from')
     symbols = ['\n'] + [s for s in user_defined_symbols if s != '\n']
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
@@ -99,10 +109,11 @@ class Tokenizer:
   # --- Encode / decode ---------------------------------------------------------------------------
 
   def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
-    return self._wrap(self.sp.encode(text), bos, eos)
+    return self._wrap(self.sp.encode(_checked_text(text, 0)), bos, eos)
 
   def encode_batch(self, texts: Sequence[str], bos: bool = False, eos: bool = False):
-    return [self._wrap(ids, bos, eos) for ids in self.sp.encode(list(texts))]
+    texts = [_checked_text(t, i) for i, t in enumerate(texts)]
+    return [self._wrap(ids, bos, eos) for ids in self.sp.encode(texts)]
 
   def _wrap(self, ids: list[int], bos: bool, eos: bool) -> list[int]:
     return ([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else [])
@@ -118,3 +129,17 @@ class Tokenizer:
 
   def decode_batch(self, ids_batch) -> list[str]:
     return [self.decode(ids) for ids in ids_batch]
+
+
+def _checked_text(text, index: int) -> str:
+  """Text the tokenizer can encode: a str of valid Unicode (bytes and lone surrogates from a
+  bad decode fail here, naming the item, instead of deep inside sentencepiece)."""
+  if not isinstance(text, str):
+    raise TypeError(f'text {index} is a {type(text).__name__}, not a str: decode it first '
+                    f'(e.g. data.decode("utf-8", errors="replace"))')
+  try:
+    text.encode('utf-8')
+  except UnicodeEncodeError as e:
+    raise ValueError(f'text {index} is not valid Unicode ({e.reason} at {e.start}): decode '
+                     f'its bytes with errors="replace"') from e
+  return text

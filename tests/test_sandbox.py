@@ -1,4 +1,4 @@
-"""The sandbox's outcomes and limits for ordinary programs (hostile ones: test_sandbox_attacks.py)."""
+"""The sandbox's outcomes and limits for ordinary programs (hostile ones: test_sandbox_attacks)."""
 
 import os
 import tempfile

@@ -86,7 +86,8 @@ def test_read_the_verifier_and_the_expected_outputs():
   visible, and a program that searches for it finds nothing to import or read."""
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   result = _run(f'import os, sys\nprint(os.path.exists({repo!r}))\n'
-                'try:\n  import si_jax\n  print("imported")\nexcept ImportError:\n  print("no si_jax")\n'
+                'try:\n  import si_jax\n  print("imported")\n'
+                'except ImportError:\n  print("no si_jax")\n'
                 'found = [os.path.join(d, f) for top in os.listdir("/") if top not in ("proc", "dev")'
                 ' for d, _, fs in os.walk("/" + top) for f in fs if f == "code.py" and "tasks" in d]'
                 '\nprint(found)', limits=sandbox.SandboxLimits(wall_time_s=30, cpu_time_s=30))

@@ -4,9 +4,9 @@ Used to verify synthesized programs and to run environment actions. Each executi
   * isolation (bubblewrap, the Debian package `bubblewrap`): new mount, PID, network, IPC and UTS
     namespaces; a filesystem of read-only /usr, /bin, /lib* and the Python install only, plus a
     fresh writable scratch dir (no /etc, no home, no project files, no site-packages, so no
-    verifier: hidden tests and expected outputs never enter it); no network at all; an empty environment; as root, the
-    program runs as `nobody` with no capabilities (so the process limit is enforced and limits
-    cannot be raised);
+    verifier: hidden tests and expected outputs never enter it); no network at all; an empty
+    environment; as root, the program runs as `nobody` with no capabilities (so the process
+    limit is enforced and limits cannot be raised);
   * limits: rlimits on CPU time, address space, processes, file size (stdout and stderr are files,
     so also output), no core dumps; a wall-clock timeout;
   * a kill switch: the whole process tree dies with the run (the PID namespace's init is killed,

@@ -248,8 +248,9 @@ def load_params(path: str, cfg: transformer.TransformerConfig, shardings=None) -
   params = {}
   for param_path, name, to_si, _ in _weight_map(cfg):
     if name not in tensors:
-      raise ValueError(f'{path}: tensor {name} is missing (needed by {"/".join(map(str, param_path))}'
-                       f' of a {architecture_of(cfg)}); the checkpoint does not match config.json')
+      where = '/'.join(map(str, param_path))
+      raise ValueError(f'{path}: tensor {name} is missing (needed by {where} of a '
+                       f'{architecture_of(cfg)}); the checkpoint does not match config.json')
     expected = _get(abstract, param_path).shape
     host = to_si(tensors[name])  # A view of the memory map: nothing is read yet.
     if host.shape != expected:

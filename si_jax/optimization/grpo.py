@@ -53,7 +53,7 @@ def grpo_advantages(rewards_GxN, std_scale: str = 'group', eps: float = 1e-6):
     return centred / (r.std() + eps)
   if std_scale == 'none':
     return centred
-  raise ValueError(f'config.grpo.std_scale={std_scale!r} not in {STD_SCALES}')
+  raise ValueError(f'config.rl.std_scale={std_scale!r} not in {STD_SCALES}')
 
 
 @register_advantage_estimator('rloo')
@@ -63,7 +63,7 @@ def rloo_advantages(rewards_GxN, std_scale: str = 'none', eps: float = 1e-6):
   r = jnp.asarray(rewards_GxN, jnp.float32)
   n = r.shape[1]
   if n < 2:
-    raise ValueError('rloo needs at least 2 samples per group (config.grpo.group_size)')
+    raise ValueError('rloo needs at least 2 samples per group (config.rl.group_size)')
   return (r - r.mean(axis=1, keepdims=True)) * n / (n - 1)
 
 
@@ -88,11 +88,12 @@ class GRPOConfig:
 
   def __post_init__(self):
     if self.kl_estimator not in KL_ESTIMATORS:
-      raise ValueError(f'grpo kl_estimator={self.kl_estimator!r} not in {tuple(KL_ESTIMATORS)}')
+      raise ValueError(f'config.rl.kl_estimator={self.kl_estimator!r} not in '
+                       f'{tuple(KL_ESTIMATORS)}')
     if self.aggregation not in AGGREGATIONS:
-      raise ValueError(f'grpo aggregation={self.aggregation!r} not in {AGGREGATIONS}')
+      raise ValueError(f'config.rl.aggregation={self.aggregation!r} not in {AGGREGATIONS}')
     if self.beta < 0 or self.eps_low < 0 or self.eps_high < 0:
-      raise ValueError('grpo beta, eps_low and eps_high must be >= 0')
+      raise ValueError('config.rl.beta, eps_low and eps_high must be >= 0')
 
 
 def per_token_loss(logp, old_logp, advantages_B, cfg: GRPOConfig, ref_logp=None):

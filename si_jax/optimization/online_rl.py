@@ -56,6 +56,12 @@ def grpo_config(rl) -> grpo.GRPOConfig:
 def build_batch(ro: rollout.Rollout, reward: np.ndarray, rl) -> tuple[dict, dict]:
   """Advantages and masks for one rollout; returns (batch, host metrics)."""
   g = ro.group_size
+  if not np.all(np.isfinite(reward)):
+    bad = np.flatnonzero(~np.isfinite(reward))
+    raise ValueError(f'config.rl.reward={rl.reward!r} returned {bad.size} non-finite rewards '
+                     f'(NaN/inf, e.g. sample {bad[0]}): advantages would be NaN and so would every '
+                     f'parameter. Make the reward function return finite numbers (clip it or map '
+                     f'failures to 0)')
   rewards_GxN = reward.reshape(-1, g)
   estimator = grpo.ADVANTAGE_ESTIMATORS[rl.advantage_estimator]
   advantages = np.asarray(estimator(rewards_GxN, rl.std_scale)).reshape(-1)
