@@ -42,11 +42,19 @@ SAMPLING_RULES = {**RULES, 'embed': None}
 
 
 def maybe_initialize_distributed():
-  """Calls jax.distributed.initialize() when launched as one of several processes."""
-  multi_host = any(k in os.environ for k in (
-      'JAX_COORDINATOR_ADDRESS', 'COORDINATOR_ADDRESS', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE',
-      'MEGASCALE_COORDINATOR_ADDRESS', 'TPU_WORKER_HOSTNAMES'))
-  if multi_host and not jax.distributed.is_initialized():
+  """Calls jax.distributed.initialize() when launched as one of several processes: under SLURM,
+  Open MPI or on a TPU pod (jax finds the others; SI_JAX_DISTRIBUTED=1 forces the call), or by
+  hand with JAX_COORDINATOR_ADDRESS=host:port SI_JAX_NUM_PROCESSES=n SI_JAX_PROCESS_ID=i (CPU
+  processes then talk over gloo). Must run before anything touches a device."""
+  env = os.environ
+  if jax.distributed.is_initialized():
+    return
+  if 'SI_JAX_NUM_PROCESSES' in env:
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(env['JAX_COORDINATOR_ADDRESS'], int(env['SI_JAX_NUM_PROCESSES']),
+                               int(env['SI_JAX_PROCESS_ID']))
+  elif any(k in env for k in ('SI_JAX_DISTRIBUTED', 'JAX_COORDINATOR_ADDRESS', 'SLURM_NTASKS',
+                              'OMPI_COMM_WORLD_SIZE', 'TPU_WORKER_HOSTNAMES')):
     jax.distributed.initialize()
 
 
