@@ -291,6 +291,7 @@ def run(config) -> dict:
       'history': [], 'validation': {}, 'control': None,  # The control sweep's report.
       'selector': (adaptive.SelectorState.init(_ADAPTIVE_FEATURES).to_dict()
                    if loop.select_score == 'adaptive' else None)}
+  exp.writer.rewind(progress['history'][-1]['round'] if progress['history'] else -1)
   ctl_cfg = controller_config(loop, task)
   sampler = sampling.Sampler(exp.model, exp.mesh)
   step_fn = rounds.sft_step(exp)

@@ -29,7 +29,24 @@ class JsonlWriter:
       f.write(json.dumps({'step': int(step), **to_python(metrics)}) + '\n')
 
   def read(self) -> list[dict[str, Any]]:
+    """The rows written so far; a last line cut short by a killed process is skipped."""
     if not os.path.exists(self.path):
       return []
+    rows = []
     with open(self.path) as f:
-      return [json.loads(line) for line in f if line.strip()]
+      for line in f:
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError:
+          continue
+    return rows
+
+  def rewind(self, last_step: int):
+    """Drops rows logged after `last_step`, the step a resumed run restarts from: a run killed
+    after logging but before its checkpoint logs those steps again, and must not twice."""
+    if jax.process_index() != 0 or not os.path.exists(self.path):
+      return
+    rows = [r for r in self.read() if r['step'] <= last_step]
+    with open(self.path + '.tmp', 'w') as f:
+      f.writelines(json.dumps(r) + '\n' for r in rows)
+    os.replace(self.path + '.tmp', self.path)

@@ -61,6 +61,7 @@ def run(config) -> dict:
                                  config.optimizer.grad_accum_steps), exp.shardings, mesh)
   writer, ckpt = exp.writer, exp.ckpt
   first_step, num_steps = int(state.step), config.train.num_steps
+  writer.rewind(first_step)
   pool = seed_split(config, task)[0] if config.data.get('seed_set_size', 0) else None
   try:  # Close (wait for pending async saves) even when interrupted.
     bar = tqdm.trange(first_step, num_steps, initial=first_step, total=num_steps, desc='sft')
