@@ -15,6 +15,10 @@ import pytest
 from si_jax.acquisition import sandbox
 from si_jax.tasks import code
 
+# One worker runs them all: a fork bomb holds `nobody`'s process limit for its few seconds, and a
+# concurrent test that forks as `nobody` would fail by that, not by its own fault.
+pytestmark = pytest.mark.xdist_group('sandbox_attacks')
+
 LIMITS = sandbox.SandboxLimits(wall_time_s=3.0, cpu_time_s=2, memory_mb=256)
 SECRET = 'si-jax-test-secret-4f9c'
 _NS = 'print("NS", __import__("os").readlink("/proc/self/ns/mnt"), flush=True)\n'
