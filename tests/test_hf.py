@@ -237,4 +237,9 @@ def test_main_job_starts_from_an_hf_checkpoint(tmp_path):
   with config.unlocked():
     config.workdir = str(tmp_path / 'run2')
   si_main.run(config)  # The whole job, from the command line's entry point.
-  assert os.path.exists(tmp_path / 'run2' / 'checkpoints')
+  exported = hf.export_run(str(tmp_path / 'run2'), str(tmp_path / 'out'))  # And back out.
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(exported).eval()
+  trained = experiment.load_params(str(tmp_path / 'run2'), exp.model.cfg, exp.shardings.params)
+  np.testing.assert_allclose(_hf_logits(reloaded, tokens, mask)[real],
+                             _our_logits(exp.model.cfg, trained, tokens, mask)[real], atol=1e-4)
+  assert Tokenizer.load(exported).model_proto == tokenizer.model_proto

@@ -3,6 +3,7 @@
   cfg = hf.load_config(path)                       # config.json -> TransformerConfig
   params = hf.load_params(path, cfg, shardings)    # *.safetensors -> params, born sharded
   hf.save(path, cfg, params)                       # -> config.json + model.safetensors
+  python -m si_jax.models.hf --run=<si_jax workdir> --out=<dir>   # export a run
 
 Layouts. A torch Linear stores [out, in]; si_jax stores [in, ...out] with heads split out:
   q_proj.weight [N*H, D] -> q_DxNxH      o_proj.weight [D, N*H] -> o_NxHxD
@@ -315,3 +316,28 @@ def apply_to_config(config, path: str) -> None:
     config.model.update(dataclasses.asdict(hf_cfg))
     config.init_from = path
 
+
+
+def export_run(workdir: str, out: str, dtype: str | None = None) -> str:
+  """Writes the latest params of the si_jax run in `workdir` (and its tokenizer) as an HF
+  checkpoint in `out`."""
+  # pylint: disable=g-import-not-at-top  (si_jax.experiment imports this module)
+  from si_jax import checkpoint, experiment, sharding
+  from si_jax.tokenizers import Tokenizer
+  meta = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints')).read_meta()
+  if 'model_config' not in meta:
+    raise ValueError(f'{workdir}: its checkpoint has no model_config; re-save it with this code')
+  cfg = transformer.TransformerConfig(**meta['model_config'])
+  mesh = sharding.make_mesh({'data': 1, 'fsdp': -1, 'tensor': 1})
+  _, abstract = transformer.abstract_model(cfg)
+  shardings = sharding.named_shardings(transformer.logical_axes(cfg), abstract, mesh)
+  params = experiment.load_params(workdir, cfg, shardings)
+  return save(out, cfg, params, Tokenizer.load(workdir), dtype)
+
+
+if __name__ == '__main__':
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  _RUN = flags.DEFINE_string('run', None, 'An si_jax run directory (its workdir).', required=True)
+  _OUT = flags.DEFINE_string('out', None, 'Where the HF checkpoint goes.', required=True)
+  _DTYPE = flags.DEFINE_enum('dtype', None, list(_PARAM_DTYPES), 'Saved dtype (default: as run).')
+  app.run(lambda _: print(export_run(_RUN.value, _OUT.value, _DTYPE.value)))
