@@ -6,6 +6,7 @@ import setuptools
 RUNTIME = [
     'jax==0.10.2',
     'jaxlib==0.10.2',
+    'ml-dtypes==0.7.0',  # bfloat16 in numpy (jax's own dependency; si_jax.models.hf reads it).
     'flax==0.12.8',
     'optax==0.2.8',
     'orbax-checkpoint==0.12.8',
