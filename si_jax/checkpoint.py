@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import os
 from typing import Any
 
@@ -100,18 +99,11 @@ class Checkpointer:
       check_model_config(meta['model_config'], model_cfg, f'{self.directory}/{step}')
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           abstract_state, shardings)
-    try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target)))
-    except (ValueError, KeyError, TypeError) as e:
-      if _is_damage(e):
-        raise self._damaged(step, e) from e
-      raise ValueError(f'checkpoint {self.directory}/{step} does not match the state being '
-                       f'restored (different model, optimizer or train state?): {e}') from e
-    except Exception as e:  # pylint: disable=broad-except  # tensorstore read errors.
-      raise self._damaged(step, e) from e
-    self._check_fingerprints(step, restored['state'], meta)
-    return restored['state'], meta
+    state = self._restore_state(step, target, f'checkpoint {self.directory}/{step} does not '
+                                f'match the state being restored (different model, optimizer or '
+                                f'train state?)')
+    self._check_fingerprints(step, state, meta)
+    return state, meta
 
   def restore_params(self, abstract_params, param_shardings, step: int | None = None,
                      model_cfg: models.TransformerConfig | None = None):
@@ -133,18 +125,23 @@ class Checkpointer:
     target['params'] = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_params,
         param_shardings)
+    params = self._restore_state(
+        step, target, f'params in {self.directory}/{step} do not match the model')['params']
+    self._check_fingerprints(step, params, meta, prefix='params')
+    return params, meta
+
+  def _restore_state(self, step: int, target, mismatch: str):
+    """The state item of `step` onto `target`; a different state raises `mismatch`, unreadable
+    files raise the damaged-checkpoint error."""
     try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target)))
+      return self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target)))['state']
     except (ValueError, KeyError, TypeError) as e:
       if _is_damage(e):
         raise self._damaged(step, e) from e
-      raise ValueError(f'params in {self.directory}/{step} do not match the model: {e}') from e
+      raise ValueError(f'{mismatch}: {e}') from e
     except Exception as e:  # pylint: disable=broad-except  # tensorstore read errors.
       raise self._damaged(step, e) from e
-    params = restored['state']['params']
-    self._check_fingerprints(step, params, meta, prefix='params')
-    return params, meta
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -175,26 +172,26 @@ def _is_damage(error: Exception) -> bool:
 def fingerprints(tree, prefix: str = '') -> dict[str, int]:
   """{path: hash of the array's bits}: uint32 sum of bits x position-dependent odd weights, so a
   changed, zeroed or moved element changes it, and it is the same on any mesh."""
-
-  def one(x):
-    x = jnp.asarray(x)
-    if x.dtype == jnp.bool_:
-      x = x.astype(jnp.uint8)
-    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
-    bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).reshape(-1)
-    weights = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761) | jnp.uint32(1)
-    return jnp.sum(bits * weights, dtype=jnp.uint32)
-
   leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-  values = jax.device_get(_fingerprint_all([leaf for _, leaf in leaves], one))
+  values = jax.device_get(_fingerprint_all([leaf for _, leaf in leaves]))
   paths = ['/'.join([prefix] * bool(prefix) + [str(getattr(k, 'key', getattr(k, 'name', k)))
                                                 for k in path]) for path, _ in leaves]
   return {p: int(v) for p, v in zip(paths, values)}
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _fingerprint_all(leaves, one):
-  return [one(x) for x in leaves]
+def _fingerprint(x):
+  x = jnp.asarray(x)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+  bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).reshape(-1)
+  weights = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761) | jnp.uint32(1)
+  return jnp.sum(bits * weights, dtype=jnp.uint32)
+
+
+@jax.jit  # Compiled once per state structure, not once per save.
+def _fingerprint_all(leaves):
+  return [_fingerprint(x) for x in leaves]
 
 
 def model_config_dict(cfg: models.TransformerConfig) -> dict[str, Any]:

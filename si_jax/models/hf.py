@@ -277,8 +277,9 @@ def save(path: str, cfg: transformer.TransformerConfig, params, tokenizer=None,
   dtype = dtype or cfg.param_dtype
   np_dtype = np.dtype(_PARAM_DTYPES[dtype])
   rows = _weight_map(cfg)
-  shapes = {name: to_hf(np.zeros(_get(params, p).shape, np.int8)).shape
-            for p, name, _, to_hf in rows}
+  shape_of = lambda p, fn: jax.eval_shape(fn, jax.ShapeDtypeStruct(_get(params, p).shape,
+                                                                   np.int8)).shape
+  shapes = {name: shape_of(p, to_hf) for p, name, _, to_hf in rows}  # Nothing is allocated.
   header, offset = {'__metadata__': {'format': 'pt'}}, 0
   for _, name, _, _ in rows:
     size = np_dtype.itemsize * int(np.prod(shapes[name]))
