@@ -35,6 +35,6 @@ setuptools.setup(
     extras_require={
         'test': TEST,
         # Parity checks against reference implementations only; never imported at run time.
-        'parity': ['torch==2.13.0', 'transformers==5.25.0'],
+        'parity': ['torch==2.13.0', 'transformers==5.25.0', 'safetensors==0.8.0'],
     },
 )
