@@ -12,8 +12,7 @@ import functools
 import numpy as np
 import tqdm
 
-from si_jax import experiment, metrics, models, sharding
-from si_jax.data import batching
+from si_jax import experiment, layout, metrics, models, sharding
 from si_jax.evaluation import accuracy
 from si_jax.optimization import sft, train_step
 
@@ -67,7 +66,7 @@ def run(config) -> dict:
     bar = tqdm.trange(first_step, num_steps, initial=first_step, total=num_steps, desc='sft')
     for step in bar:
       problems = _batch_problems(config, task, step, pool)
-      batch = batching.sft_batch(tokenizer, [p.prompt for p in problems],
+      batch = layout.sft_rows(tokenizer, [p.prompt for p in problems],
                                  [p.answer for p in problems], config.data.seq_len)
       state, step_metrics = step_fn(state, sharding.shard_batch(batch, mesh))
       if (step + 1) % config.train.log_every == 0 or step + 1 == num_steps:

@@ -72,16 +72,16 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
   train.run(straight)
 
   interrupted = tiny_sft_config(str(tmp_path / 'resumed'), num_steps=20)
-  real_batch, calls = train.batching.sft_batch, []
+  real_batch, calls = train.layout.sft_rows, []
   def preempted_at_step_13(*args, **kwargs):
     calls.append(1)
     if len(calls) == 14:
       raise KeyboardInterrupt('simulated preemption')
     return real_batch(*args, **kwargs)
-  monkeypatch.setattr(train.batching, 'sft_batch', preempted_at_step_13)
+  monkeypatch.setattr(train.layout, 'sft_rows', preempted_at_step_13)
   with pytest.raises(KeyboardInterrupt):
     train.run(interrupted)
-  monkeypatch.setattr(train.batching, 'sft_batch', real_batch)
+  monkeypatch.setattr(train.layout, 'sft_rows', real_batch)
   assert checkpoint.Checkpointer(str(tmp_path / 'resumed' / 'checkpoints')).latest_step() == 10
   assert train.run(interrupted)['step'] == 20  # continued from step 10, not from scratch.
   model_cfg = tiny_model_config(**dict(straight.model))

@@ -10,8 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-from si_jax import models, sharding, tasks, train_state
-from si_jax.data import batching
+from si_jax import layout, models, sharding, tasks, train_state
 from si_jax.optimization import sft, train_step
 from si_jax.sampling import score
 from si_jax.selection import adaptive, scores, selectors
@@ -109,7 +108,7 @@ def test_memorized_answer_scores_lower(setup):
   model, state, shardings = train_state.create(tiny_model_config(), tx, mesh, seed=0)
   step = train_step.jit_train_step(train_step.make_train_step(
       functools.partial(sft.sft_loss, model), tx, lambda _: 1e-2), shardings, mesh)
-  batch = batching.sft_batch(tokenizer, ['ab>', 'cd>'] * 4, ['jihg', 'fedc'] * 4, seq_len=16)
+  batch = layout.sft_rows(tokenizer, ['ab>', 'cd>'] * 4, ['jihg', 'fedc'] * 4, seq_len=16)
   for _ in range(40):
     state, _ = step(state, sharding.shard_batch(batch, mesh))
   examples = [{'prompt': 'ab>', 'completion': 'jihg'}, {'prompt': 'ab>', 'completion': 'gadbe'},

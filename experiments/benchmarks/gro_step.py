@@ -17,7 +17,7 @@ from absl import app, flags
 
 from configs import base
 from experiments.benchmarks.train_step import matmul_peak_flops
-from si_jax import models, sampling, sharding, train_state
+from si_jax import layout, models, sampling, sharding, train_state
 from si_jax.optimization import grpo, optimizers, train_step
 
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed iterations (median reported).')
@@ -37,7 +37,7 @@ def main(_):
   sampler = sampling.Sampler(model, mesh)
   rng = np.random.default_rng(0)
   prompts = rng.integers(4, cfg.vocab_size, (PROMPTS, PROMPT_LEN)).tolist()
-  prompt, prompt_mask = sampling.left_pad(prompts, PROMPT_LEN)
+  prompt, prompt_mask = layout.left_pad(prompts, PROMPT_LEN)
   rows = PROMPTS * GROUP
 
   def iteration(state):

@@ -19,7 +19,7 @@ import numpy as np
 from absl import app, flags
 
 from configs import base
-from si_jax import models, sampling
+from si_jax import layout, models, sampling
 from experiments.benchmarks.train_step import matmul_peak_flops
 
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '16', '64'], 'Batch sizes.')
@@ -53,7 +53,7 @@ def main(_):
   for b in map(int, _BATCH_SIZES.value):
     rng = np.random.default_rng(b)
     prompts = rng.integers(4, cfg.vocab_size, (b, PROMPT)).tolist()
-    tokens, mask = sampling.left_pad(prompts, PROMPT)
+    tokens, mask = layout.left_pad(prompts, PROMPT)
     tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
     prefill = lambda: jax.block_until_ready(sampler._prefill(model, params, tokens, mask,
                                                              PROMPT + NEW))

@@ -25,7 +25,7 @@ from flax import nnx
 
 from si_jax.models.transformer import (Transformer, TransformerConfig, _param,
                                        causal_segment_mask, logical_axes)
-from si_jax.sampling import bucket
+from si_jax.layout import bucket
 from si_jax.tokenizers import Tokenizer
 
 BACKBONE = ('embed_VxD', 'blocks', 'final_norm')  # Param names shared with the LM.

@@ -22,8 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from si_jax import models
-from si_jax.sampling import bucket, left_pad
+from si_jax import layout, models
 from si_jax.tokenizers import Tokenizer
 
 # The verdict is the next token after '?'; e.g. yes='y', no='n'.
@@ -57,7 +56,7 @@ def _verdict_token_ids(tokenizer: Tokenizer, template: str, yes: str, no: str) -
 def _verdict_probs(model: models.Model, params, tokens_BxT, mask_BxT, yes_id, no_id):
   """σ(z_yes - z_no) at the last position of left-padded judge prompts: [B] float32."""
   mask = mask_BxT.astype(jnp.int32)
-  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+  positions = layout.positions(mask)
   logits_BxV = models.forward(model, params, tokens_BxT, mask, positions)[:, -1]
   return jax.nn.sigmoid(logits_BxV[:, yes_id] - logits_BxV[:, no_id])
 
@@ -82,8 +81,8 @@ def verdict_scores(model: models.Model, params, tokenizer: Tokenizer, prompts: S
   texts = [template.format(prompt=p, completion=c) for p, c in zip(prompts, completions)]
   ids = tokenizer.encode_batch(texts, bos=True)
   b = len(ids)
-  ids += [[tokenizer.bos_id]] * (bucket(b, minimum=1) - b)
-  tokens, mask = left_pad(ids, bucket(max(len(x) for x in ids)))
+  ids += [[tokenizer.bos_id]] * (layout.bucket(b, minimum=1) - b)
+  tokens, mask = layout.left_pad(ids, layout.bucket(max(len(x) for x in ids)))
   probs = _verdict_probs_jit(model, params, tokens, mask, jnp.int32(yes_id), jnp.int32(no_id))
   return np.asarray(probs, np.float32)[:b]
 

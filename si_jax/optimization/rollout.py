@@ -10,7 +10,7 @@ import dataclasses
 
 import numpy as np
 
-from si_jax import sampling, tasks
+from si_jax import layout, sampling, tasks
 from si_jax.tokenizers import Tokenizer
 
 
@@ -41,18 +41,13 @@ class Rollout:
     return [p.answer for p in self.problems for _ in range(self.group_size)]
 
 
-def prompt_arrays(tokenizer: Tokenizer, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-  ids = tokenizer.encode_batch(prompts, bos=True)
-  return sampling.left_pad(ids, sampling.bucket(max(len(i) for i in ids)))
-
-
 def rollout(sampler: sampling.Sampler, params, tokenizer: Tokenizer,
             problems: list[tasks.Problem], *, group_size: int, max_new_tokens: int,
             strategy: sampling.Strategy, seed: int) -> Rollout:
   texts = [p.prompt for p in problems]
   _, out = sampler.generate(params, tokenizer, texts, max_new_tokens=max_new_tokens,
                             strategy=strategy, n=group_size, seed=seed)
-  prompt, prompt_mask = prompt_arrays(tokenizer, texts)
+  prompt, prompt_mask = layout.encode_prompts(tokenizer, texts)
   repeat = lambda x: np.repeat(x, group_size, axis=0)
   completion_mask = np.arange(out.tokens.shape[1])[None] < out.lengths[:, None]
   completions = [tokenizer.decode(row[:n]) for row, n in zip(out.tokens, out.lengths)]

@@ -12,11 +12,10 @@ import functools
 import jax
 import numpy as np
 
-from si_jax import metrics, sampling, sharding
-from si_jax.data import batching
+from si_jax import layout, metrics, sampling, sharding
 from si_jax.evaluation import accuracy
 from si_jax.experiment import Experiment
-from si_jax.optimization import preference, rollout, sft, train_step
+from si_jax.optimization import preference, sft, train_step
 
 
 def sft_step(exp: Experiment, tx=None, schedule=None):
@@ -51,7 +50,7 @@ def fit_sft(exp: Experiment, step_fn, state, prompts: list[str], completions: li
   """num_steps SFT updates of `state` (donated) on the examples: (new state, last metrics)."""
   last = {}
   for idx in _batches(len(prompts), batch_size, num_steps, seed, max_epochs):
-    batch = batching.sft_batch(exp.tokenizer, [prompts[i] for i in idx],
+    batch = layout.sft_rows(exp.tokenizer, [prompts[i] for i in idx],
                                [completions[i] for i in idx], exp.config.data.seq_len)
     state, last = step_fn(state, sharding.shard_batch(batch, exp.mesh))
   return state, (metrics.to_python(last) if last else {})
@@ -66,16 +65,13 @@ def train_sft(exp: Experiment, step_fn, prompts: list[str], completions: list[st
 
 
 def pair_arrays(tokenizer, prompts, chosen, rejected, width: int) -> dict[str, np.ndarray]:
-  """The preference batch layout: left-padded prompt, right-padded chosen/rejected (+ eos)."""
-  prompt, prompt_mask = rollout.prompt_arrays(tokenizer, list(prompts))
-  out = {'prompt': prompt, 'prompt_mask': prompt_mask}
+  """The preference batch: prompts left-padded, chosen / rejected (+ eos) padded or cut to width."""
+  out = {}
   for name, texts in (('chosen', chosen), ('rejected', rejected)):
-    ids = [i[:width] for i in tokenizer.encode_batch(list(texts), eos=True)]
-    tokens, mask = np.zeros((len(ids), width), np.int32), np.zeros((len(ids), width), bool)
-    for row, seq in enumerate(ids):
-      tokens[row, :len(seq)], mask[row, :len(seq)] = seq, True
+    prompt, prompt_mask, tokens, mask = layout.encode_prompt_completion(
+        tokenizer, prompts, texts, width=width)
     out[f'{name}_completion'], out[f'{name}_mask'] = tokens, mask
-  return out
+  return {'prompt': prompt, 'prompt_mask': prompt_mask, **out}
 
 
 def train_preference(exp: Experiment, step_fn, cfg: preference.PreferenceConfig, ref_params,

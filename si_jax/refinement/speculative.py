@@ -28,8 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from si_jax import models
-from si_jax.sampling.sampler import bucket, left_pad
+from si_jax import layout, models
 from si_jax.sampling.strategies import Greedy, Strategy
 
 
@@ -56,7 +55,7 @@ def _prefill(model: models.Model, params, tokens_1xP, cache_len: int):
   """Caches prompt[:-1] (left-padded). Positions count real tokens only."""
   mask_1xP = tokens_1xP >= 0
   cache = models.init_cache(model.cfg, 1, cache_len)
-  positions = jnp.maximum(jnp.cumsum(mask_1xP, axis=1) - 1, 0).astype(jnp.int32)
+  positions = layout.positions(mask_1xP)
   _, cache = models.forward_with_cache(model, params, jnp.maximum(tokens_1xP, 0), positions,
                                        mask_1xP, cache)
   return cache
@@ -136,7 +135,7 @@ def _check(prompt: Sequence[int], max_new_tokens: int, k: int):
 
 def _prefill_both(prompt, cache_len, *model_params):
   """Caches for each (model, params) pair, plus the pending token and its position."""
-  tokens, mask = left_pad([list(prompt[:-1])], bucket(len(prompt)))
+  tokens, mask = layout.left_pad([list(prompt[:-1])], layout.bucket(len(prompt)))
   tokens = jnp.asarray(np.where(mask, tokens, -1))
   caches = [_prefill(m, p, tokens, cache_len) for m, p in model_params]
   return caches, jnp.int32(prompt[-1]), len(prompt) - 1
@@ -155,7 +154,7 @@ def speculative_decode(target: models.Model, target_params, draft: models.Model,
                        ) -> DecodeOutput:
   """Samples one completion of `prompt` (token ids) from the target, drafting k at a time."""
   _check(prompt, max_new_tokens, k)
-  cache_len = bucket(len(prompt)) + max_new_tokens + k + 1
+  cache_len = layout.bucket(len(prompt)) + max_new_tokens + k + 1
   (target_cache, draft_cache), pending, position = _prefill_both(
       prompt, cache_len, (target, target_params), (draft, draft_params))
   out, passes, accepted = [], 0, 0
@@ -179,7 +178,7 @@ def plain_decode(target: models.Model, target_params, prompt: Sequence[int], *,
                  eos_id: int = 3) -> DecodeOutput:
   """The baseline with the same interface and layout: one target pass per token (k = 0)."""
   _check(prompt, max_new_tokens, 0)
-  cache_len = bucket(len(prompt)) + max_new_tokens + 1
+  cache_len = layout.bucket(len(prompt)) + max_new_tokens + 1
   (cache,), pending, position = _prefill_both(prompt, cache_len, (target, target_params))
   out, passes = [], 0
   base_key = jax.random.PRNGKey(seed)

@@ -25,26 +25,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from si_jax import models, sharding
+from si_jax.layout import bucket, left_pad, positions
 from si_jax.sampling.strategies import Greedy, Strategy
 from si_jax.tokenizers import Tokenizer
 
 FINISH_REASONS = ('running', 'eos', 'stop', 'length')  # finish_reason codes 0..3.
-
-
-def bucket(n: int, minimum: int = 16) -> int:
-  """Next power of two >= n (at least `minimum`): a loop of calls compiles a few shapes only."""
-  return max(minimum, 1 << max(0, n - 1).bit_length())
-
-
-def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int = 0):
-  """[B, length] left-padded tokens and their mask."""
-  tokens = np.full((len(prompts), length), pad_id, np.int32)
-  mask = np.zeros((len(prompts), length), bool)
-  for i, p in enumerate(prompts):
-    if len(p):
-      tokens[i, length - len(p):] = p
-      mask[i, length - len(p):] = True
-  return tokens, mask
 
 
 @flax.struct.dataclass
@@ -82,9 +67,10 @@ def _prefill(model: models.Model, params, tokens_BxP, mask_BxP, cache_len: int, 
   cache = models.init_cache(model.cfg, b, cache_len)
   if cache_sharding is not None:
     cache = jax.lax.with_sharding_constraint(cache, cache_sharding)
-  positions = jnp.maximum(jnp.cumsum(mask_BxP, axis=1) - 1, 0).astype(jnp.int32)
-  logits, cache = models.forward_with_cache(model, params, tokens_BxP, positions, mask_BxP, cache)
-  return logits[:, -1], positions[:, -1] + 1, cache
+  positions_BxP = positions(mask_BxP)
+  logits, cache = models.forward_with_cache(model, params, tokens_BxP, positions_BxP, mask_BxP,
+                                           cache)
+  return logits[:, -1], positions_BxP[:, -1] + 1, cache
 
 
 def _decode(model: models.Model, strategy: Strategy, n: int, max_new: int, eos_id: int,

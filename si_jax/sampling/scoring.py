@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from si_jax import models
-from si_jax.sampling.sampler import bucket, left_pad
+from si_jax import layout
 
 
 def completion_logprobs(model: models.Model, params, prompt_BxP, prompt_mask_BxP, completion_BxN,
@@ -26,7 +26,7 @@ def completion_logprobs(model: models.Model, params, prompt_BxP, prompt_mask_BxP
   p = prompt_BxP.shape[1]
   tokens = jnp.concatenate([prompt_BxP, completion_BxN], axis=1)
   mask = jnp.concatenate([prompt_mask_BxP, completion_mask_BxN], axis=1)
-  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0).astype(jnp.int32)
+  positions = layout.positions(mask)
   logits = models.forward(model, params, tokens[:, :-1], mask[:, :-1].astype(jnp.int32),
                           positions[:, :-1])[:, p - 1:]  # logits predicting the completion.
   logp_all = jax.nn.log_softmax(logits, axis=-1)
@@ -39,25 +39,10 @@ def completion_logprobs(model: models.Model, params, prompt_BxP, prompt_mask_BxP
 score_tokens = jax.jit(completion_logprobs, static_argnums=0)
 
 
-def layout(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]]):
-  """(prompt [B, P], prompt_mask, completion [B, N], completion_mask): token-id lists in the
-  scoring layout, prompts left-padded and completions right-padded to bucketed widths."""
-  if len(prompts) != len(completions) or not prompts:
-    raise ValueError(f'score: need as many prompts ({len(prompts)}) as completions '
-                     f'({len(completions)}), at least one')
-  prompt, prompt_mask = left_pad(prompts, bucket(max(len(p) for p in prompts)))
-  n = bucket(max(len(c) for c in completions), minimum=1)
-  completion = np.zeros((len(completions), n), np.int32)
-  completion_mask = np.zeros((len(completions), n), bool)
-  for i, c in enumerate(completions):
-    completion[i, :len(c)], completion_mask[i, :len(c)] = c, True
-  return prompt, prompt_mask, completion, completion_mask
-
-
 def score(model: models.Model, params, prompts: Sequence[Sequence[int]],
           completions: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Host helper: token-id lists in; (logprobs [B, N], entropies [B, N], mask [B, N]) out."""
-  prompt, prompt_mask, completion, completion_mask = layout(prompts, completions)
+  prompt, prompt_mask, completion, completion_mask = layout.prompt_completion(prompts, completions)
   logp, entropy = score_tokens(model, params, prompt, prompt_mask, completion, completion_mask)
   width = max(len(c) for c in completions)
   return (np.asarray(logp)[:, :width], np.asarray(entropy)[:, :width],

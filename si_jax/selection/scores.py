@@ -21,11 +21,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from si_jax import models, sharding
+from si_jax import layout, models, sharding
 from si_jax.models import transformer
 from si_jax.optimization import rewards
-from si_jax.sampling.sampler import bucket
-from si_jax.sampling import scoring
 from si_jax.sampling.scoring import completion_logprobs
 from si_jax.tokenizers import Tokenizer
 
@@ -54,18 +52,13 @@ def compute(name: str, examples: Sequence[Example], **kwargs) -> np.ndarray:
 # --- Batching ------------------------------------------------------------------------------------
 
 
-def encode(tokenizer: Tokenizer, examples: Sequence[Example], bare: bool = False,
-           eos: bool = True) -> tuple[np.ndarray, ...]:
-  """(prompt [N, P], prompt_mask, completion [N, C], completion_mask), bucketed widths.
-
-  bare=True replaces every prompt by bos alone: the answer scored without its instruction.
-  """
+def encode(tokenizer: Tokenizer, examples: Sequence[Example], bare: bool = False):
+  """Examples in the scoring layout (`layout.encode_prompt_completion`); bare=True scores each
+  completion without its instruction."""
   if not examples:
     raise ValueError('selection scores need at least one example')
-  prompts = ([[tokenizer.bos_id]] * len(examples) if bare else
-             tokenizer.encode_batch([ex['prompt'] for ex in examples], bos=True))
-  completions = tokenizer.encode_batch([ex['completion'] for ex in examples], eos=eos)
-  return scoring.layout(prompts, completions)
+  return layout.encode_prompt_completion(tokenizer, [ex['prompt'] for ex in examples],
+                                         [ex['completion'] for ex in examples], bare=bare)
 
 
 def _place_params(params, mesh: Mesh | None):
@@ -89,7 +82,7 @@ def batched(fn: Callable, arrays: Sequence[np.ndarray], batch_size: int,
   """
   n = arrays[0].shape[0]
   if mesh is None:
-    batch_size = min(batch_size, bucket(n, minimum=1))
+    batch_size = min(batch_size, layout.bucket(n, minimum=1))
   total = -(-n // batch_size) * batch_size
   padded = [np.concatenate([a, np.repeat(a[-1:], total - n, axis=0)]) for a in arrays]
   outs = []
@@ -155,7 +148,7 @@ def _mean_hidden(model: models.Model, params, prompt_BxP, prompt_mask_BxP, compl
   """Final-normed hidden states mean-pooled over real prompt + completion tokens: [B, D]."""
   tokens_BxT = jnp.concatenate([prompt_BxP, completion_BxN], axis=1)
   mask_BxT = jnp.concatenate([prompt_mask_BxP, completion_mask_BxN], axis=1)
-  positions_BxT = jnp.maximum(jnp.cumsum(mask_BxT, axis=1) - 1, 0).astype(jnp.int32)
+  positions_BxT = layout.positions(mask_BxT)
   module = nnx.merge(model.graphdef, params)
   h_BxTxD, _ = module.hidden(tokens_BxT, positions_BxT,
                              transformer.causal_segment_mask(mask_BxT.astype(jnp.int32)))
