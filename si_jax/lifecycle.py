@@ -35,7 +35,7 @@ import tqdm
 from si_jax import checkpoint, experiment, report, sampling, train, train_state
 from si_jax.data.store import DataStore
 from si_jax.evaluation import accuracy, benchmark, controller, metrics as eval_metrics, monitors
-from si_jax.optimization import rewards, rounds, tuned_sft
+from si_jax.optimization import rounds, tuned_sft
 from si_jax.selection import adaptive, scores as selection_scores
 
 LABELS = ('majority', 'verifier', 'format')
@@ -103,7 +103,7 @@ def label(task, loop, problems, samples, round_idx: int, model_step: int):
     elif loop.label == 'format':
       answer, share = (plausible[0], len(plausible) / k) if plausible else (None, 0.0)
     elif plausible:  # Majority over the plausible answers; its share counts all k samples.
-      (answer,), (plausible_share,) = rewards.majority_labels(task, plausible, len(plausible))
+      answer, plausible_share = task.majority(plausible)
       share = float(plausible_share) * len(plausible) / k
     else:
       answer, share = None, 0.0

@@ -24,8 +24,8 @@ from si_jax.optimization import sft, train_step
 def seed_set(config, task) -> list:
   """The labelled seed set of config.data (seed_set_size problems, difficulty_weights mix)."""
   data = config.data
-  return accuracy.sample_problems(task, [config.seed, 0], data.seed_set_size,
-                                  data.get('difficulty_weights', None))
+  return task.sample([config.seed, 0], data.seed_set_size,
+                     data.get('difficulty_weights', None))
 
 
 def seed_split(config, task) -> tuple[list, list]:
@@ -42,7 +42,7 @@ def seed_split(config, task) -> tuple[list, list]:
 
 def _batch_problems(config, task, step: int, pool):
   if pool is None:  # Unlimited labels: fresh problems every step.
-    return accuracy.sample_problems(task, [config.seed, 0, step], config.train.batch_size)
+    return task.sample([config.seed, 0, step], config.train.batch_size)
   rng = np.random.default_rng([config.seed, 0, step])
   return [pool[i] for i in rng.integers(0, len(pool), config.train.batch_size)]
 
@@ -80,7 +80,7 @@ def run(config) -> dict:
     ckpt.close()
 
   # --- Evaluate: greedy exact match on held-out problems ---
-  eval_problems = accuracy.sample_problems(task, [config.seed, 1], config.train.eval_size)
+  eval_problems = task.sample([config.seed, 1], config.train.eval_size)
   exact, _ = accuracy.greedy_accuracy(model, state.params, tokenizer, task, eval_problems,
                             max_new_tokens=config.data.seq_len)
   result = {'step': int(state.step), 'exact_match': exact}

@@ -36,7 +36,7 @@ def test_grpo_raises_held_out_verified_reward(base_model, tmp_path):
   config.init_from = base_model
   config.rl.num_iterations, config.rl.eval_every = 60, 60
   before = experiment.setup(config, 1)
-  problems = accuracy.sample_problems(before.task, [config.seed, 1], config.train.eval_size)
+  problems = before.task.sample([config.seed, 1], config.train.eval_size)
   initial = accuracy.sampled_reward(
       sampling.Sampler(before.model), before.state.params, before.tokenizer, before.task,
       problems, n=config.rl.eval_samples, max_new_tokens=config.rl.max_new_tokens,

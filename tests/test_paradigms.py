@@ -10,7 +10,6 @@ import pytest
 
 from configs import rejection_sampling as rs_config
 from si_jax import experiment, main, sampling
-from si_jax.evaluation import accuracy
 from si_jax.optimization import preference, rounds
 
 
@@ -74,7 +73,7 @@ def test_dpo_raises_the_margin_on_held_out_pairs(base_model, tmp_path):
   config.workdir, config.init_from = str(tmp_path), base_model
   exp = experiment.setup(config, 40)
   cfg = preference.PreferenceConfig(loss='dpo', beta=0.1)
-  problems = accuracy.sample_problems(exp.task, [0, 7], 256)
+  problems = exp.task.sample([0, 7], 256)
   wrong = [problems[(i + 1) % len(problems)].answer for i in range(len(problems))]
   keep = [i for i, p in enumerate(problems) if wrong[i] != p.answer]
   prompts = [problems[i].prompt for i in keep]

@@ -13,7 +13,7 @@ import pytest
 
 from configs import grpo_addition
 from si_jax import experiment, sampling
-from si_jax.evaluation import accuracy, metrics
+from si_jax.evaluation import metrics
 from si_jax.optimization import rounds
 from si_jax.refinement import self_refine, test_time, tree_search
 from si_jax.tasks import Problem, StringTask
@@ -161,7 +161,7 @@ def weak(tmp_path_factory):
   at a small constant LR; its initial state; one shared sampler)."""
   root = tmp_path_factory.mktemp('refine')
   base = experiment.setup(_config(str(root / 'base'), 1e-2, 'cosine'), BASE_STEPS)
-  problems = accuracy.sample_problems(base.task, [0, 0], BASE_STEPS * 64)
+  problems = base.task.sample([0, 0], BASE_STEPS * 64)
   rounds.train_sft(base, rounds.sft_step(base), [p.prompt for p in problems],
                    [p.answer for p in problems], num_steps=BASE_STEPS, batch_size=64, seed=0,
                    max_epochs=1)
@@ -243,7 +243,7 @@ def test_reflexion_memory_holds_the_earlier_failures(weak):
 @pytest.mark.xdist_group('refine_weak')
 def test_beam_search_of_width_one_is_greedy_decoding(weak):
   base, _, _, sampler = weak
-  problems = accuracy.sample_problems(base.task, [6], 8)
+  problems = base.task.sample([6], 8)
   texts, _ = sampler.generate(base.state.params, base.tokenizer, [p.prompt for p in problems],
                               max_new_tokens=MAX_NEW)
   beam = tree_search.beam_search(sampler, base.state.params, base.tokenizer, base.task, problems,

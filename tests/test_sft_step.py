@@ -10,7 +10,6 @@ from jax.sharding import PartitionSpec as P
 
 from configs import base
 from si_jax import layout, sharding, tasks, train, train_state
-from si_jax.evaluation import accuracy
 from si_jax.optimization import optimizers, sft, train_step
 from si_jax.tokenizers import Tokenizer
 from tests.conftest import data_parallel, tiny_model_config, tiny_sft_config
@@ -20,7 +19,7 @@ from tests.conftest import data_parallel, tiny_model_config, tiny_sft_config
 def setup():
   task = tasks.get_task('reverse', max_len=6)
   tokenizer = Tokenizer.train([task.alphabet()], 32)
-  problems = accuracy.sample_problems(task, seed=0, n=8 * 3)
+  problems = task.sample(seed=0, n=8 * 3)
   batches = [layout.sft_rows(tokenizer, [p.prompt for p in problems[i:i + 8]],
                                 [p.answer for p in problems[i:i + 8]], seq_len=16)
              for i in range(0, 24, 8)]

@@ -60,11 +60,6 @@ def test_agreement_labels_keep_only_confident_majorities():
   assert state['calls'] == [(2, 1), (2, 5)]  # one batched call per stage
 
 
-def test_majority_vote():
-  assert synthetic.majority(['a', 'b', 'a', None]) == ('a', 0.5)
-  assert synthetic.majority([None, None]) == (None, 0.0)
-
-
 def test_bad_config_is_named():
   with pytest.raises(ValueError, match='label'):
     synthetic.SyntheticConfig(label='oracle')

@@ -103,3 +103,27 @@ def test_unknown_task_is_named():
     tasks.get_task('sudoku')
   with pytest.raises(ValueError, match='difficulty'):
     tasks.get_task('addition').generate(seed=0, n=1, difficulty=99)
+
+
+def test_majority_vote_abstains_breaks_ties_first_seen_and_weighs():
+  task = tasks.StringTask(reverse=True)
+  assert task.majority(['a', 'b', 'a', '']) == ('a', 0.5)  # '' has no answer: abstains.
+  assert task.majority(['b', 'a', 'a', 'b']) == ('b', 0.5)
+  assert task.majority(['', '']) == (None, 0.0)
+  answer, share = task.majority(['a', 'b', 'b'], weights=[3.0, 1.0, 1.0])
+  assert answer == 'a' and share == pytest.approx(0.6)
+  with pytest.raises(ValueError, match='2 weights for 3'):
+    task.majority(['a', 'b', 'b'], weights=[1.0, 1.0])
+
+
+def test_sample_draws_levels_by_weight_and_generate_is_one_level_of_it():
+  task = tasks.get_task('addition')
+  hard = task.difficulties[-1]
+  assert {p.difficulty for p in task.sample(0, 50, weights=[0.0] * (len(task.difficulties) - 1)
+                                             + [1.0])} == {hard}
+  assert task.sample([4, 2], 20) == task.sample([4, 2], 20)
+  assert task.generate(4, 20, hard) == task.sample([4, hard], 20, difficulties=(hard,))
+  with pytest.raises(ValueError, match='one non-negative weight per level'):
+    task.sample(0, 5, weights=[1.0])
+  with pytest.raises(ValueError, match='must be some of'):
+    task.generate(0, 5, difficulty=99)

@@ -16,7 +16,6 @@ from absl import app, flags, logging
 
 from configs import sft_reverse
 from si_jax import experiment, models, train
-from si_jax.evaluation import accuracy
 from si_jax.refinement import speculative
 
 _K = flags.DEFINE_integer('k', 4, 'Draft tokens per block.')
@@ -40,7 +39,7 @@ def main(_):
   target = _train('target', 128, 4, 600)
   draft = _train('draft_d64_l2', 64, 2, 600)
   n_t, n_d = models.param_count(target.state.params), models.param_count(draft.state.params)
-  problems = accuracy.sample_problems(target.task, [7, 1], _PROMPTS.value)
+  problems = target.task.sample([7, 1], _PROMPTS.value)
   prompts = target.tokenizer.encode_batch([p.prompt for p in problems], bos=True)
   kwargs = dict(max_new_tokens=10, eos_id=target.tokenizer.eos_id)
   for p in prompts[:2]:  # compile both paths

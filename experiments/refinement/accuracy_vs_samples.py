@@ -91,7 +91,7 @@ def train(exp) -> None:
   """`train_steps` SFT steps, each batch half answering, half judging (a correct answer or a
   near miss, 50 / 50)."""
   steps, rng = _STEPS.value, np.random.default_rng([exp.config.seed, 1])
-  problems = accuracy.sample_problems(exp.task, [exp.config.seed, 2], steps * 64)
+  problems = exp.task.sample([exp.config.seed, 2], steps * 64)
   prompts, targets = [], []
   for k, p in enumerate(problems):
     if k % 2 == 0:
@@ -246,7 +246,7 @@ def main(_):
     train(exp)
     print(f'trained {_STEPS.value} steps in {time.time() - start:.0f}s on {jax.devices()[0]}')
     sampler = sampling.Sampler(exp.model, exp.mesh)
-    problems = accuracy.sample_problems(exp.task, [_SEED.value, 3], _EVAL.value)
+    problems = exp.task.sample([_SEED.value, 3], _EVAL.value)
     rows, head = sample_table(exp, sampler, problems)
     search_rows = search_table(exp, sampler, problems) if _SEARCH.value else []
   finally:

@@ -88,7 +88,7 @@ def get_config(workdir: str, seed: int):
 def build_pool(exp, seed: int) -> list[dict]:
   """One example per problem: (prompt, majority answer), with its group statistics."""
   gro = exp.config.gro
-  problems = accuracy.sample_problems(exp.task, [seed, 3], _POOL.value)
+  problems = exp.task.sample([seed, 3], _POOL.value)
   ro = rollout.rollout(sampling.Sampler(exp.model, exp.mesh), exp.state.params, exp.tokenizer,
                        problems, group_size=_GROUP.value, max_new_tokens=gro.max_new_tokens,
                        strategy=sampling.Temperature(gro.temperature), seed=seed * 7919)
@@ -197,7 +197,7 @@ def run_seed(seed: int) -> dict:
   base_state = rounds.frozen_copy(exp.state)
   hardest = max(exp.task.difficulties)
   rng = np.random.default_rng([seed, 4])
-  eval_sets = {'all': accuracy.sample_problems(exp.task, [seed, 1], _EVAL.value),
+  eval_sets = {'all': exp.task.sample([seed, 1], _EVAL.value),
                'hardest': [exp.task.make_problem(rng, hardest) for _ in range(_EVAL_HARD.value)]}
   out = {'seed': seed, 'base': evaluate(exp, eval_sets), 'methods': {}}
 

@@ -12,7 +12,6 @@ can script it and the loop can pass a sampler (`sampler_policy`).
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 from collections.abc import Callable, Sequence
 
@@ -61,15 +60,6 @@ class SyntheticConfig:
       raise ValueError(f'synthetic min_agreement={self.min_agreement} must be in (0, 1]')
 
 
-def majority(answers: Sequence[str | None]) -> tuple[str | None, float]:
-  """(most common non-None answer, its share of all answers); ties go to the first seen."""
-  counts = collections.Counter(a for a in answers if a is not None)
-  if not counts:
-    return None, 0.0
-  answer, count = counts.most_common(1)[0]
-  return answer, count / len(answers)
-
-
 def generate_problems(policy: Policy, task: Task, seed_prompts: Sequence[str],
                       config: SyntheticConfig, *, seed: int, round_idx: int = 0,
                       model_step: int = 0) -> tuple[list[dict], dict[str, int]]:
@@ -93,7 +83,7 @@ def generate_problems(policy: Policy, task: Task, seed_prompts: Sequence[str],
     labels = [(task.solve(p), 1.0) for p, _ in candidates]
   else:
     answers = policy([p for p, _ in candidates], config.answer_samples) if candidates else []
-    labels = [majority([task.extract_answer(a) for a in group]) for group in answers]
+    labels = [task.majority(group) for group in answers]
   examples = []
   for (problem, shot), (answer, share) in zip(candidates, labels):
     if answer is None or share < config.min_agreement:

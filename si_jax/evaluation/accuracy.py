@@ -13,21 +13,6 @@ from si_jax import sampling, tasks
 from si_jax.tokenizers import Tokenizer
 
 
-def sample_problems(task: tasks.Task, seed, n: int,
-                    difficulty_weights=None) -> list[tasks.Problem]:
-  """n problems with difficulties drawn from the task's levels: uniformly, or in proportion to
-  `difficulty_weights` (one non-negative weight per level, in task order)."""
-  rng = np.random.default_rng(seed)
-  p = None
-  if difficulty_weights is not None and len(difficulty_weights):
-    p = np.asarray(difficulty_weights, np.float64)
-    if p.shape != (len(task.difficulties),) or (p < 0).any() or p.sum() <= 0:
-      raise ValueError(f'difficulty_weights {list(difficulty_weights)} must be one non-negative '
-                       f'weight per level of {task.name} {task.difficulties}, not all zero')
-    p = p / p.sum()
-  return [task.make_problem(rng, int(rng.choice(task.difficulties, p=p))) for _ in range(n)]
-
-
 def greedy_accuracy(model, params, tokenizer: Tokenizer, task: tasks.Task,
                     problems: list[tasks.Problem], max_new_tokens: int, batch_size: int = 256):
   """(mean verifier reward of greedy completions, the completions)."""

@@ -98,7 +98,7 @@ def run(config) -> dict:
   if cfg.beta > 0:  # Frozen: restored once, passed as an argument to scoring, never copied.
     ref_params = experiment.load_params(config.init_from, model.cfg, exp.shardings.params)
   score = functools.partial(sampling.score_tokens, model)
-  eval_problems = accuracy.sample_problems(task, [config.seed, 1], config.train.eval_size)
+  eval_problems = task.sample([config.seed, 1], config.train.eval_size)
   strategy = sampling.Temperature(rl.temperature)
 
   # --- Generate -> reward -> optimize ---
@@ -108,7 +108,7 @@ def run(config) -> dict:
   try:
     for it in bar:
       pool = rl.prompts_per_iteration * (rl.oversample if rl.dynamic_sampling else 1)
-      problems = accuracy.sample_problems(task, [config.seed, 2, it], pool)
+      problems = task.sample([config.seed, 2, it], pool)
       ro = rollout.rollout(sampler, state.params, tokenizer, problems, group_size=rl.group_size,
                            max_new_tokens=rl.max_new_tokens, strategy=strategy,
                            seed=config.seed * 1_000_003 + it * pool)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import numpy as np
 
 from si_jax import experiment, sampling
-from si_jax.evaluation import accuracy
 from si_jax.optimization import online_rl, rollout, rounds
 
 
@@ -46,7 +45,7 @@ def run(config) -> dict:
     tracker = rounds.RoundTracker(exp, gro.max_new_tokens)
     for r in range(tracker.start, gro.num_rounds):
       # --- Generate and reward ---
-      problems = accuracy.sample_problems(exp.task, [config.seed, 3, r], gro.problems_per_round)
+      problems = exp.task.sample([config.seed, 3, r], gro.problems_per_round)
       ro = rollout.rollout(sampler, exp.state.params, exp.tokenizer, problems,
                            group_size=gro.group_size, max_new_tokens=gro.max_new_tokens,
                            strategy=strategy, seed=config.seed * 7919 + r)

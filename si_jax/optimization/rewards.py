@@ -9,7 +9,6 @@ as the sampler returns them; group rewards take `group_size`.
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -31,14 +30,9 @@ def majority_labels(task: Task, completions: Sequence[str], group_size: int):
   """Per group: (the most common extracted answer or None, its share of the group)."""
   if len(completions) % group_size:
     raise ValueError(f'{len(completions)} completions are not whole groups of {group_size}')
-  labels, shares = [], []
-  for g in range(0, len(completions), group_size):
-    answers = [task.extract_answer(c) for c in completions[g:g + group_size]]
-    counts = collections.Counter(a for a in answers if a is not None)
-    label, count = counts.most_common(1)[0] if counts else (None, 0)
-    labels.append(label)
-    shares.append(count / group_size)
-  return labels, np.asarray(shares, np.float32)
+  votes = [task.majority(completions[g:g + group_size])
+           for g in range(0, len(completions), group_size)]
+  return [label for label, _ in votes], np.asarray([share for _, share in votes], np.float32)
 
 
 def majority_vote(task: Task, group_size: int, min_share: float = 0.0) -> RewardFn:

@@ -105,8 +105,8 @@ class RoundTracker:
 
   def __init__(self, exp: Experiment, max_new_tokens: int):
     self.exp, self.max_new_tokens = exp, max_new_tokens
-    self.problems = accuracy.sample_problems(exp.task, [exp.config.seed, 1],
-                                             exp.config.train.eval_size)
+    self.problems = exp.task.sample([exp.config.seed, 1],
+                                    exp.config.train.eval_size)
     self.start = exp.meta.get('round', 0) if exp.resumed else 0
     self.result = {}
     if self.start == 0:

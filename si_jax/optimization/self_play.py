@@ -12,7 +12,6 @@ indistinguishable from the reference ones.
 from __future__ import annotations
 
 from si_jax import experiment, sampling
-from si_jax.evaluation import accuracy
 from si_jax.optimization import preference, rollout, rounds
 
 
@@ -29,8 +28,8 @@ def run(config) -> dict:
     for r in range(tracker.start, gro.num_rounds):
       # --- The previous iteration answers the SFT data's prompts ---
       previous = rounds.frozen_copy(exp.state.params)
-      problems = accuracy.sample_problems(exp.task, [config.seed, 0, 10_000 + r],
-                                          gro.problems_per_round)
+      problems = exp.task.sample([config.seed, 0, 10_000 + r],
+                                 gro.problems_per_round)
       ro = rollout.rollout(sampler, previous, exp.tokenizer, problems, group_size=1,
                            max_new_tokens=gro.max_new_tokens, strategy=strategy,
                            seed=config.seed * 7919 + r)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from si_jax import experiment, sampling
-from si_jax.evaluation import accuracy, monitors
+from si_jax.evaluation import monitors
 from si_jax.optimization import judge, preference, rewards, rollout, rounds
 
 
@@ -57,7 +57,7 @@ def run(config) -> dict:
   start = exp.meta.get('round', 0) if exp.resumed else 0
   try:
     if start == 0:  # --- IFT + EFT: learn to judge from the labelled seed set, keep answering ---
-      seed_problems = accuracy.sample_problems(exp.task, [config.seed, 4], gro.judge_seed_size)
+      seed_problems = exp.task.sample([config.seed, 4], gro.judge_seed_size)
       prompts, verdicts = judge_examples(seed_problems, np.random.default_rng(config.seed),
                                          judge.JUDGE_TEMPLATE, gro.judge_yes, gro.judge_no)
       prompts += [p.prompt for p in seed_problems]  # Answering data too, as Yuan et al. mix
@@ -70,7 +70,7 @@ def run(config) -> dict:
       # --- Generate candidates and judge them with the model itself ---
       reference = rounds.frozen_copy(exp.state.params)
       self_judge.params = exp.state.params
-      problems = accuracy.sample_problems(exp.task, [config.seed, 5, r], gro.problems_per_round)
+      problems = exp.task.sample([config.seed, 5, r], gro.problems_per_round)
       ro = rollout.rollout(sampler, exp.state.params, exp.tokenizer, problems,
                            group_size=gro.group_size, max_new_tokens=gro.max_new_tokens,
                            strategy=sampling.Temperature(gro.temperature),

@@ -9,7 +9,6 @@ The `*_answer` helpers run a Sampler end to end and report the compute they spen
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 from collections.abc import Callable, Sequence
 
@@ -42,21 +41,9 @@ def self_consistency(task: Task, completions_per_problem: Sequence[Sequence[str]
   Completions without an answer vote for nothing but still count in the share's denominator,
   so a share is comparable across problems. Ties go to the answer seen first.
   """
-  answers, shares = [], []
-  for i, completions in enumerate(completions_per_problem):
-    w = np.ones(len(completions)) if weights is None else np.asarray(weights[i], np.float64)
-    if len(w) != len(completions):
-      raise ValueError(f'problem {i}: {len(w)} weights for {len(completions)} completions')
-    votes: dict[str, float] = collections.defaultdict(float)  # Insertion order breaks ties.
-    for completion, weight in zip(completions, w):
-      answer = task.extract_answer(completion)
-      if answer is not None:
-        votes[answer] += float(weight)
-    best = max(votes, key=votes.get) if votes else None
-    total = float(w.sum())
-    answers.append(best)
-    shares.append(votes[best] / total if best is not None and total > 0 else 0.0)
-  return answers, np.asarray(shares, np.float32)
+  votes = [task.majority(completions, None if weights is None else weights[i])
+           for i, completions in enumerate(completions_per_problem)]
+  return [answer for answer, _ in votes], np.asarray([share for _, share in votes], np.float32)
 
 
 def best_of_n(completions_per_problem: Sequence[Sequence[str]],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -32,11 +33,29 @@ class Task(abc.ABC):
   def alphabet(self) -> str:
     """Every character a prompt or answer can contain (to train a char tokenizer)."""
 
+  def sample(self, seed, n: int, weights: Sequence[float] | None = None,
+             difficulties: Sequence[int] | None = None) -> list[Problem]:
+    """n problems drawn with `np.random.default_rng(seed)`, each at a level of `difficulties`
+    (default: all of the task's) picked uniformly or in proportion to `weights` (one
+    non-negative weight per level). The same seed gives the same problems on any machine."""
+    levels = tuple(self.difficulties if difficulties is None else difficulties)
+    unknown = [d for d in levels if d not in self.difficulties]
+    if unknown or not levels:
+      raise ValueError(f'{self.name}: difficulty levels {list(levels)} must be some of '
+                       f'{self.difficulties}')
+    p = None
+    if weights is not None and len(weights):
+      p = np.asarray(weights, np.float64)
+      if p.shape != (len(levels),) or (p < 0).any() or p.sum() <= 0:
+        raise ValueError(f'difficulty weights {list(weights)} must be one non-negative weight '
+                         f'per level of {self.name} {levels}, not all zero')
+      p = p / p.sum()
+    rng = np.random.default_rng(seed)
+    return [self.make_problem(rng, int(rng.choice(levels, p=p))) for _ in range(n)]
+
   def generate(self, seed: int, n: int, difficulty: int) -> list[Problem]:
-    if difficulty not in self.difficulties:
-      raise ValueError(f'{self.name}: difficulty {difficulty} not in {self.difficulties}')
-    rng = np.random.default_rng([seed, difficulty])
-    return [self.make_problem(rng, difficulty) for _ in range(n)]
+    """n problems at one level (a level's own stream: `[seed, difficulty]`)."""
+    return self.sample([seed, difficulty], n, difficulties=(difficulty,))
 
   def solve(self, prompt: str) -> str | None:
     """The task's own solver: the reference answer of any well-formed prompt, or None when the
@@ -69,6 +88,27 @@ class Task(abc.ABC):
       return None
     answer = completion.strip()
     return answer or None
+
+  def majority(self, completions: Sequence[str], weights: Sequence[float] | None = None
+               ) -> tuple[str | None, float]:
+    """The answer with the most (weighted) votes among `completions`, and its share of all the
+    weight: the one vote behind every pseudo-label, self-consistency answer and agreement score.
+
+    Completions without an answer abstain but count in the share's denominator, so shares
+    compare across groups; ties go to the answer seen first; no votes gives (None, 0.0).
+    """
+    w = np.ones(len(completions)) if weights is None else np.asarray(weights, np.float64)
+    if len(w) != len(completions):
+      raise ValueError(f'{len(w)} weights for {len(completions)} completions')
+    votes: dict[str, float] = {}  # Insertion order breaks ties.
+    for completion, weight in zip(completions, w):
+      answer = self.extract_answer(completion)
+      if answer is not None:
+        votes[answer] = votes.get(answer, 0.0) + float(weight)
+    if not votes:
+      return None, 0.0
+    best, total = max(votes, key=votes.get), float(w.sum())
+    return best, votes[best] / total if total > 0 else 0.0
 
   def verify(self, problem: Problem, completion: str) -> float:
     """Reward in [0, 1]: 1 for an exactly correct answer. Never raises."""
