@@ -41,7 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dtype = 'float32'  # Compute dtype ('bfloat16' on accelerators).
   c.model.remat = False  # Rematerialise blocks in the backward pass (saves memory).
 
-  # --- Optimizer: AdamW (si_jax/optimization/optimizers.py). ---
+  # --- Optimizer: AdamW (si_jax/optimizers.py). ---
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.learning_rate = 1e-3  # Peak learning rate.
   c.optimizer.schedule = 'cosine'  # 'cosine', 'wsd' (warmup-stable-decay) or 'constant'.

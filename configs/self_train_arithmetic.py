@@ -63,7 +63,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.loop.max_new_tokens = 8  # Completion budget (answers have <= max_digits + 1 digits).
   c.loop.label = 'majority'  # 'majority' (no labels) or 'verifier' (the labelled ceiling).
   c.loop.min_agreement = 0.75  # Keep a pseudo-label when this share of its samples agree.
-  c.loop.select_score = ''  # Optional selection score (si_jax/lifecycle.SELECT_SCORES).
+  c.loop.select_score = ''  # Optional selection score (si_jax/selection/stage.SELECT_SCORES).
   c.loop.select_fraction = 1.0  # Fraction of the labelled examples the score keeps.
   c.loop.policy = 'accumulate'  # Self-generated data: every round's ('accumulate') or the last.
   c.loop.seed_mix_ratio = 0.25  # Share of seed (real) data in each round's training set.

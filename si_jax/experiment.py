@@ -20,9 +20,8 @@ import optax
 from absl import logging
 from jax.sharding import Mesh
 
-from si_jax import checkpoint, metrics, models, sharding, tasks, train_state
+from si_jax import checkpoint, metrics, models, optimizers, sharding, tasks, train_state
 from si_jax.models import hf
-from si_jax.optimization import optimizers
 from si_jax.tokenizers import Tokenizer
 
 
@@ -46,6 +45,19 @@ class Experiment:
     """Checkpoints the state with the metadata plus this loop's progress (round, cursors...)."""
     self.meta.update(progress)
     self.ckpt.save(step, self.state, self.meta, force=True)
+
+  def abstract_state(self) -> train_state.TrainState:
+    """Shapes, dtypes and shardings of this experiment's train state (to restore into)."""
+    return train_state.state_shardings(self.model.cfg, self.tx, self.mesh)[0]
+
+  def restore(self, step: int) -> train_state.TrainState:
+    """The state checkpointed at `step` (e.g. a round to roll back to)."""
+    if step not in self.ckpt.all_steps():
+      raise FileNotFoundError(
+          f'step {step} of {self.ckpt.directory} is gone: raise config.checkpoint.max_to_keep '
+          f'(>= loop.num_rounds + 1 keeps every round of a loop)')
+    state, _ = self.ckpt.restore(self.abstract_state(), self.shardings, step=step)
+    return state
 
 
 def make_task(config) -> tasks.Task:
@@ -115,27 +127,6 @@ def check_workdir(workdir: str) -> None:
   except OSError as e:
     raise PermissionError(f'config.workdir={workdir!r} is not writable ({e.strerror}): the run '
                           f'could not save checkpoints. Pass a writable --config.workdir') from e
-
-
-def warm_start(config) -> str:
-  """The workdir to warm-start from: config.init_from, else a base model trained here.
-
-  The base phase is ordinary SFT (si_jax.train) on labelled problems per config.train, into
-  <workdir>/base; it resumes like any run, so a restarted GRO job does not retrain it.
-  """
-  if config.init_from:
-    return config.init_from
-  from si_jax import train  # pylint: disable=g-import-not-at-top  (train imports this module)
-  base_config = config.copy_and_resolve_references()
-  with base_config.unlocked():
-    base_config.job = 'sft'
-    base_config.workdir = os.path.join(config.workdir, 'base')
-    base_config.optimizer.schedule = config.get('base_schedule', 'cosine')
-    base_config.optimizer.learning_rate = config.get('base_learning_rate',
-                                                     config.optimizer.learning_rate)
-    base_config.optimizer.warmup_steps = max(1, config.train.num_steps // 10)
-  train.run(base_config)
-  return base_config.workdir
 
 
 def load_params(workdir: str, model_cfg: models.TransformerConfig, param_shardings,

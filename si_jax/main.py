@@ -33,7 +33,7 @@ def run(config):
     hf.apply_to_config(config, config.init_from_hf)
   if config.job != 'sft':  # GRO jobs start from a base model: given, or trained first.
     with config.unlocked():
-      config.init_from = experiment.warm_start(config)
+      config.init_from = train.warm_start(config)
   return jobs[config.job](config)
 
 

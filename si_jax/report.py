@@ -28,6 +28,11 @@ def level_key(difficulty: int) -> str:
   return f'd{difficulty}'
 
 
+def keyed(per_level: dict[int, float]) -> dict[str, float]:
+  """JSON-safe keys ('d<level>'): the history lives in checkpoint metadata."""
+  return {level_key(d): v for d, v in per_level.items()}
+
+
 def flatten(row: dict[str, Any]) -> dict[str, float]:
   """The numeric scalars of a row, per-level dicts spread as '<arm>/d<level>'."""
   out = {}

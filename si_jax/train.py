@@ -8,6 +8,7 @@ one would); checkpoint; finish with greedy exact-match accuracy on held-out prob
 from __future__ import annotations
 
 import functools
+import os
 
 import numpy as np
 import tqdm
@@ -88,3 +89,23 @@ def run(config) -> dict:
   print(f'Greedy exact match on {len(eval_problems)} held-out {task.name} problems: '
         f'{exact:.1%}')
   return result
+
+
+def warm_start(config) -> str:
+  """The workdir to warm-start from: config.init_from, else a base model trained here.
+
+  The base phase is ordinary SFT (`run` here) on labelled problems per config.train, into
+  <workdir>/base; it resumes like any run, so a restarted GRO job does not retrain it.
+  """
+  if config.init_from:
+    return config.init_from
+  base_config = config.copy_and_resolve_references()
+  with base_config.unlocked():
+    base_config.job = 'sft'
+    base_config.workdir = os.path.join(config.workdir, 'base')
+    base_config.optimizer.schedule = config.get('base_schedule', 'cosine')
+    base_config.optimizer.learning_rate = config.get('base_learning_rate',
+                                                     config.optimizer.learning_rate)
+    base_config.optimizer.warmup_steps = max(1, config.train.num_steps // 10)
+  run(base_config)
+  return base_config.workdir

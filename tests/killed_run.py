@@ -18,7 +18,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from si_jax import checkpoint, lifecycle, main  # pylint: disable=wrong-import-position
+from si_jax import checkpoint, main  # pylint: disable=wrong-import-position
+from si_jax.optimization import stage as optimization_stage  # pylint: disable=wrong-import-position
 from tests.test_lifecycle import tiny_loop_config  # pylint: disable=wrong-import-position
 
 
@@ -39,14 +40,14 @@ def _kill_after_first_base_checkpoint():
 
 
 def _kill_in_round_two_training():
-  real_train_arm, calls = lifecycle.train_arm, []
+  real_train_arm, calls = optimization_stage.train, []
 
   def train_arm(*args, **kwargs):
     calls.append(1)
     if len(calls) == 2:
       _die()
     return real_train_arm(*args, **kwargs)
-  lifecycle.train_arm = train_arm
+  optimization_stage.train = train_arm
 
 
 def _kill_during_round_one_save(workdir: str):

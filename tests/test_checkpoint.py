@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from si_jax import checkpoint, sharding, train, train_state
-from si_jax.optimization import optimizers
+from si_jax import checkpoint, optimizers, sharding, train, train_state
 from si_jax.tokenizers import Tokenizer
 from tests.conftest import tiny_model_config, tiny_sft_config
 

@@ -7,7 +7,7 @@ import ml_collections
 import pytest
 
 from configs import grpo_addition
-from si_jax import experiment, sampling
+from si_jax import experiment, sampling, train
 from si_jax.evaluation import accuracy
 from si_jax.optimization import online_rl
 from tests.conftest import data_parallel
@@ -28,7 +28,7 @@ def reverse_config(workdir: str) -> ml_collections.ConfigDict:
 @pytest.fixture(scope='module')
 def base_model(tmp_path_factory):
   config = reverse_config(str(tmp_path_factory.mktemp('gro')))
-  return experiment.warm_start(config)
+  return train.warm_start(config)
 
 
 def test_grpo_raises_held_out_verified_reward(base_model, tmp_path):

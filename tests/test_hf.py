@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from configs import sft_reverse
-from si_jax import experiment, models, sharding
+from si_jax import experiment, export, models, sharding
 from si_jax import main as si_main
 from si_jax.models import hf
 from si_jax.sampling.sampler import Sampler
@@ -237,7 +237,7 @@ def test_main_job_starts_from_an_hf_checkpoint(tmp_path):
   with config.unlocked():
     config.workdir = str(tmp_path / 'run2')
   si_main.run(config)  # The whole job, from the command line's entry point.
-  exported = hf.export_run(str(tmp_path / 'run2'), str(tmp_path / 'out'))  # And back out.
+  exported = export.export_run(str(tmp_path / 'run2'), str(tmp_path / 'out'))  # And back out.
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(exported).eval()
   trained = experiment.load_params(str(tmp_path / 'run2'), exp.model.cfg, exp.shardings.params)
   np.testing.assert_allclose(_hf_logits(reloaded, tokens, mask)[real],

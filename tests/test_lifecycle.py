@@ -11,6 +11,8 @@ import pytest
 from configs import self_train_arithmetic
 from si_jax import experiment, lifecycle, main, report, train
 from si_jax.data.store import DataStore
+from si_jax.evaluation import stage as evaluation_stage
+from si_jax.optimization import stage as optimization_stage
 from tests.conftest import data_parallel
 
 
@@ -88,8 +90,8 @@ def test_benchmark_never_holds_training_prompts(main_job):
   seen = {view for prompt in stored | set(seed) for view in task.equivalent_prompts(prompt)}
   assert len(seen) > len(stored | set(seed))  # The rewrites add prompts to exclude.
   next_round = result['rounds'] + 1
-  fresh = {p.prompt for p in lifecycle.benchmark_problems(task, config.loop, config.seed,
-                                                          next_round, store, seed)}
+  fresh = {p.prompt for p in evaluation_stage.benchmark_problems(
+      task, config.loop, config.seed, next_round, store, seed)}
   assert len(fresh) == config.loop.eval_per_difficulty * len(task.difficulties)
   assert not fresh & seen
 
@@ -97,7 +99,7 @@ def test_benchmark_never_holds_training_prompts(main_job):
 @pytest.fixture(scope='module')
 def base_dir(tmp_path_factory):
   """A base model trained once on the tiny seed set; every test warm-starts from it."""
-  return experiment.warm_start(tiny_loop_config(str(tmp_path_factory.mktemp('loop_base'))))
+  return train.warm_start(tiny_loop_config(str(tmp_path_factory.mktemp('loop_base'))))
 
 
 def _run(workdir, base, controller=None, **overrides):
@@ -113,7 +115,7 @@ def test_killed_mid_round_resumes_to_the_same_metrics(base_dir, tmp_path, monkey
   uninterrupted = _run(tmp_path / 'a', base_dir)
 
   calls = []
-  real_train_arm = lifecycle.train_arm
+  real_train_arm = optimization_stage.train
 
   def crash_in_round_two(*args, **kwargs):
     calls.append(1)
@@ -121,10 +123,10 @@ def test_killed_mid_round_resumes_to_the_same_metrics(base_dir, tmp_path, monkey
       raise KeyboardInterrupt('killed mid-round')
     return real_train_arm(*args, **kwargs)
 
-  monkeypatch.setattr(lifecycle, 'train_arm', crash_in_round_two)
+  monkeypatch.setattr(optimization_stage, 'train', crash_in_round_two)
   with pytest.raises(KeyboardInterrupt):
     _run(tmp_path / 'b', base_dir)
-  monkeypatch.setattr(lifecycle, 'train_arm', real_train_arm)
+  monkeypatch.setattr(optimization_stage, 'train', real_train_arm)
   resumed = _run(tmp_path / 'b', base_dir)
 
   assert resumed['history'] == uninterrupted['history']

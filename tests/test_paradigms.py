@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import rejection_sampling as rs_config
-from si_jax import experiment, main, sampling
+from si_jax import experiment, main, sampling, train
 from si_jax.optimization import preference, rounds
 
 
@@ -18,7 +18,7 @@ def base_model(tmp_path_factory):
   """A weak SFT model on string reversal (~25% greedy accuracy), shared by the tests."""
   config = rs_config.get_config()
   config.workdir = str(tmp_path_factory.mktemp('paradigms'))
-  return experiment.warm_start(config)
+  return train.warm_start(config)
 
 
 def _tiny(config, workdir):

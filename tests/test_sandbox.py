@@ -4,7 +4,7 @@ import os
 import tempfile
 import time
 
-from si_jax.acquisition import sandbox
+from si_jax.tasks import sandbox
 
 _LIMITS = sandbox.SandboxLimits(wall_time_s=2.0, cpu_time_s=2, memory_mb=256)
 

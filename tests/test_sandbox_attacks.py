@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from si_jax.acquisition import sandbox
+from si_jax.tasks import sandbox
 from si_jax.tasks import code
 
 # One worker runs them all: a fork bomb holds `nobody`'s process limit for its few seconds, and a

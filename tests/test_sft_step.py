@@ -9,8 +9,8 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from configs import base
-from si_jax import layout, sharding, tasks, train, train_state
-from si_jax.optimization import optimizers, sft, train_step
+from si_jax import layout, optimizers, sharding, tasks, train, train_state
+from si_jax.optimization import sft, train_step
 from si_jax.tokenizers import Tokenizer
 from tests.conftest import data_parallel, tiny_model_config, tiny_sft_config
 

@@ -13,7 +13,7 @@ import time
 from absl import app
 
 from si_jax import tasks
-from si_jax.acquisition import sandbox
+from si_jax.tasks import sandbox
 from si_jax.data import pipeline, tfds_tasks
 from si_jax.tokenizers import Tokenizer
 

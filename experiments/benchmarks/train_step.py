@@ -17,8 +17,8 @@ import numpy as np
 from absl import app, flags
 
 from configs import base, sft_reverse
-from si_jax import models, sharding, train_state
-from si_jax.optimization import optimizers, sft, train_step
+from si_jax import models, optimizers, sharding, train_state
+from si_jax.optimization import sft, train_step
 
 _MODEL = flags.DEFINE_enum('model', 'ref25m', ['ref25m', 'demo'], 'Which model to time.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps.')

@@ -39,7 +39,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from configs import rejection_sampling
-from si_jax import experiment, sampling
+from si_jax import experiment, sampling, train
 from si_jax.evaluation import accuracy
 from si_jax.optimization import rewards, rollout, rounds
 from si_jax.selection import adaptive, scores, selectors
@@ -191,7 +191,7 @@ def finetune(exp, step_fn, base_state, pool, idx, seed: int, key: str = 'complet
 def run_seed(seed: int) -> dict:
   t0 = time.time()
   config = get_config(os.path.join(_WORKDIR.value, f'seed{seed}'), seed)
-  config.init_from = experiment.warm_start(config)  # The base SFT phase, into <workdir>/base.
+  config.init_from = train.warm_start(config)  # The base SFT phase, into <workdir>/base.
   exp = experiment.setup(config, _STEPS.value)
   step_fn = rounds.sft_step(exp)
   base_state = rounds.frozen_copy(exp.state)

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from si_jax.acquisition import sandbox
+from si_jax.tasks import sandbox
 from si_jax.sampling import Greedy, Sampler, Strategy
 from si_jax.tasks.base import Problem
 from si_jax.tasks.code import CodeTask

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from si_jax.optimization.rewards import majority_labels
 from si_jax.tasks import Problem, Task
 
 
@@ -58,7 +57,7 @@ def maj_at_k(task: Task, problems: Sequence[Problem], completions_per_problem, k
   out = np.zeros(len(problems), np.float64)
   for p, (problem, completions) in enumerate(zip(problems, completions_per_problem)):
     first = list(completions[:k])
-    (label,), _ = majority_labels(task, first, k)
+    label, _ = task.majority(first)
     if label is None:
       continue
     j = next(j for j, c in enumerate(first) if task.extract_answer(c) == label)

@@ -138,6 +138,14 @@ def completion_nll(model, params, tokenizer: Tokenizer, prompts: Sequence[str],
   return np.concatenate(nll), np.concatenate(count)
 
 
+def nll_per_token(model, params, tokenizer: Tokenizer, prompts: Sequence[str],
+                  completions: Sequence[str]) -> np.ndarray:
+  """Per-example mean NLL per completion token (eos included): the SFT loss, example by example,
+  so two models can also be compared pairwise."""
+  nll, tokens = completion_nll(model, params, tokenizer, prompts, completions)
+  return nll / np.maximum(tokens, 1)
+
+
 def perplexity(model, params, tokenizer: Tokenizer, prompts: Sequence[str],
                completions: Sequence[str], eos: bool = True, batch_size: int = 64) -> float:
   """exp(mean NLL per completion token) of given texts, e.g. held-out real data.

@@ -3,7 +3,7 @@
   cfg = hf.load_config(path)                       # config.json -> TransformerConfig
   params = hf.load_params(path, cfg, shardings)    # *.safetensors -> params, born sharded
   hf.save(path, cfg, params)                       # -> config.json + model.safetensors
-  python -m si_jax.models.hf --run=<si_jax workdir> --out=<dir>   # export a run
+  python -m si_jax.export --run=<si_jax workdir> --out=<dir>      # export a run
 
 Layouts. A torch Linear stores [out, in]; si_jax stores [in, ...out] with heads split out:
   q_proj.weight [N*H, D] -> q_DxNxH      o_proj.weight [D, N*H] -> o_NxHxD
@@ -37,7 +37,7 @@ _MODEL_TYPES = {'LlamaForCausalLM': 'llama', 'GemmaForCausalLM': 'gemma',
 _DTYPES = {'F32': np.float32, 'F16': np.float16, 'BF16': ml_dtypes.bfloat16}
 _DTYPE_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 _TORCH_DTYPES = {'float32': 'float32', 'bfloat16': 'bfloat16', 'float16': 'float16'}
-_PARAM_DTYPES = {'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16, 'float16': np.float16}
+PARAM_DTYPES = {'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16, 'float16': np.float16}
 
 
 def is_checkpoint(path: str) -> bool:
@@ -245,7 +245,7 @@ def load_params(path: str, cfg: transformer.TransformerConfig, shardings=None) -
   its sharding (a tree like the params; None: the default device)."""
   tensors = _open_checkpoint(path)
   _, abstract = transformer.abstract_model(cfg)
-  dtype = _PARAM_DTYPES[cfg.param_dtype]
+  dtype = PARAM_DTYPES[cfg.param_dtype]
   params = {}
   for param_path, name, to_si, _ in _weight_map(cfg):
     if name not in tensors:
@@ -275,7 +275,7 @@ def save(path: str, cfg: transformer.TransformerConfig, params, tokenizer=None,
   dtype: 'float32' / 'bfloat16' / 'float16' of the saved tensors (default cfg.param_dtype).
   """
   dtype = dtype or cfg.param_dtype
-  np_dtype = np.dtype(_PARAM_DTYPES[dtype])
+  np_dtype = np.dtype(PARAM_DTYPES[dtype])
   rows = _weight_map(cfg)
   shape_of = lambda p, fn: jax.eval_shape(fn, jax.ShapeDtypeStruct(_get(params, p).shape,
                                                                    np.int8)).shape
@@ -316,29 +316,3 @@ def apply_to_config(config, path: str) -> None:
   with config.unlocked():
     config.model.update(dataclasses.asdict(hf_cfg))
     config.init_from = path
-
-
-
-def export_run(workdir: str, out: str, dtype: str | None = None) -> str:
-  """Writes the latest params of the si_jax run in `workdir` (and its tokenizer) as an HF
-  checkpoint in `out`."""
-  # pylint: disable=g-import-not-at-top  (si_jax.experiment imports this module)
-  from si_jax import checkpoint, experiment, sharding
-  from si_jax.tokenizers import Tokenizer
-  meta = checkpoint.Checkpointer(os.path.join(workdir, 'checkpoints')).read_meta()
-  if 'model_config' not in meta:
-    raise ValueError(f'{workdir}: its checkpoint has no model_config; re-save it with this code')
-  cfg = transformer.TransformerConfig(**meta['model_config'])
-  mesh = sharding.make_mesh({'data': 1, 'fsdp': -1, 'tensor': 1})
-  _, abstract = transformer.abstract_model(cfg)
-  shardings = sharding.named_shardings(transformer.logical_axes(cfg), abstract, mesh)
-  params = experiment.load_params(workdir, cfg, shardings)
-  return save(out, cfg, params, Tokenizer.load(workdir), dtype)
-
-
-if __name__ == '__main__':
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
-  _RUN = flags.DEFINE_string('run', None, 'An si_jax run directory (its workdir).', required=True)
-  _OUT = flags.DEFINE_string('out', None, 'Where the HF checkpoint goes.', required=True)
-  _DTYPE = flags.DEFINE_enum('dtype', None, list(_PARAM_DTYPES), 'Saved dtype (default: as run).')
-  app.run(lambda _: print(export_run(_RUN.value, _OUT.value, _DTYPE.value)))

@@ -21,7 +21,8 @@ import numpy as np
 
 from si_jax.evaluation import monitors
 from si_jax.experiment import Experiment
-from si_jax.optimization import optimizers, rounds
+from si_jax import optimizers
+from si_jax.optimization import rounds
 from si_jax.train_state import TrainState
 
 # 'cosine' decays once over the whole budget; 'cosine_per_round' restarts (warmup, decay) every
@@ -54,13 +55,6 @@ def optimizer_config(base: ml_collections.ConfigDict, candidate: Candidate,
   return cfg
 
 
-def validation_loss(exp: Experiment, params, prompts, completions) -> np.ndarray:
-  """Per-example mean NLL per completion token (eos included): the SFT loss, example by
-  example, so two models can also be compared pairwise."""
-  nll, tokens = monitors.completion_nll(exp.model, params, exp.tokenizer, prompts, completions)
-  return nll / np.maximum(tokens, 1)
-
-
 def sweep(exp: Experiment, init_params, train: tuple[list[str], list[str]],
           validation: tuple[list[str], list[str]], grid: list[Candidate], *, num_rounds: int,
           round_steps: int, batch_size: int, seed: int) -> tuple[Any, dict[str, Any]]:
@@ -80,7 +74,8 @@ def sweep(exp: Experiment, init_params, train: tuple[list[str], list[str]],
     for r in range(num_rounds):
       state, _ = rounds.fit_sft(exp, step_fn, state, *train, num_steps=round_steps,
                                 batch_size=batch_size, seed=seed * 37 + r, max_epochs=1e9)
-      losses.append(float(validation_loss(exp, state.params, *validation).mean()))
+      losses.append(float(monitors.nll_per_token(exp.model, state.params, exp.tokenizer,
+                                                 *validation).mean()))
       if losses[-1] < best_loss:
         best_loss, best_params = losses[-1], rounds.frozen_copy(state.params)
     report.append({**dataclasses.asdict(candidate), 'validation_loss': losses,
@@ -89,3 +84,18 @@ def sweep(exp: Experiment, init_params, train: tuple[list[str], list[str]],
   return best_params, {'candidates': report, 'chosen': {
       'learning_rate': chosen['learning_rate'], 'schedule': chosen['schedule'],
       'rounds': chosen['best_round'], 'validation_loss': best_loss}}
+
+
+def control_arm(exp: Experiment, ckpt, init_params, train: tuple[list[str], list[str]],
+                validation: tuple[list[str], list[str]], loop, seed: int):
+  """The loop's control: (params, sweep report). Swept once per run from `init_params` for the
+  loop's step budget (loop.control_arm's grid), checkpointed in `ckpt` at step 0, and restored
+  from there on resume."""
+  if ckpt.latest_step() is None:
+    grid = candidates(loop.control_arm.learning_rates, loop.control_arm.schedules)
+    params, report = sweep(exp, init_params, train, validation, grid, num_rounds=loop.num_rounds,
+                           round_steps=loop.sft_steps, batch_size=loop.batch_size, seed=seed)
+    ckpt.save(0, {'params': params}, report, force=True)
+  else:
+    params, _ = ckpt.restore_params(exp.abstract_state().params, exp.shardings.params, step=0)
+  return params, ckpt.read_meta(0)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from si_jax.acquisition import sandbox
+from si_jax.tasks import sandbox
 from si_jax.tasks.base import Problem, Task
 
 LIMITS = sandbox.SandboxLimits(wall_time_s=2.0, cpu_time_s=2, memory_mb=256)
