@@ -44,7 +44,7 @@ def test_model_scores_equal_unbatched_reference(setup):
                                ex['completion'])
     bare_nll, _ = _ref_stats(model, params, tokenizer, [tokenizer.bos_id], ex['completion'])
     np.testing.assert_allclose(ppl[i], np.exp(nll), rtol=1e-5)
-    np.testing.assert_allclose(ifd[i], nll / bare_nll, rtol=1e-5)
+    np.testing.assert_allclose(ifd[i], np.exp(nll - bare_nll), rtol=1e-5)
     np.testing.assert_allclose(ent[i], mean_ent, rtol=1e-5)
 
 
@@ -100,24 +100,56 @@ def test_sharded_pass_equals_one_device(setup):
       atol=1e-5)
 
 
-def test_memorized_answer_scores_lower(setup):
-  """A few dozen SFT steps on two pairs: their perplexity and IFD drop below a random pair's."""
-  tokenizer, _, _, _ = setup
+def _adam_sft(tokenizer, pairs, schedule, num_steps: int, checkpoint_every: int = 0, seed=0):
+  """num_steps Adam SFT steps (batch 8) on `pairs`: (model, state, AdamCheckpoints every
+  `checkpoint_every` steps, each weighted by its segment's mean learning rate as in LESS)."""
   mesh = sharding.make_mesh({}, jax.devices()[:1])
-  tx = optax.adam(1e-2)
-  model, state, shardings = train_state.create(tiny_model_config(), tx, mesh, seed=0)
+  tx = optax.adam(schedule)
+  model, state, shardings = train_state.create(tiny_model_config(), tx, mesh, seed=seed)
   step = train_step.jit_train_step(train_step.make_train_step(
-      functools.partial(sft.sft_loss, model), tx, lambda _: 1e-2), shardings, mesh)
-  batch = layout.sft_rows(tokenizer, ['ab>', 'cd>'] * 4, ['jihg', 'fedc'] * 4, seq_len=16)
-  for _ in range(40):
+      functools.partial(sft.sft_loss, model), tx, schedule), shardings, mesh)
+  rng = np.random.default_rng(seed)
+  checkpoints = []
+  for i in range(num_steps):
+    idx = rng.choice(len(pairs), 8, replace=len(pairs) < 8)
+    batch = layout.sft_rows(tokenizer, [pairs[j][0] for j in idx], [pairs[j][1] for j in idx],
+                            seq_len=16)
     state, _ = step(state, sharding.shard_batch(batch, mesh))
+    if checkpoint_every and (i + 1) % checkpoint_every == 0:
+      eta = float(np.mean([schedule(t) for t in range(i + 1 - checkpoint_every, i + 1)]))
+      checkpoints.append(scores.adam_checkpoint(state.params, state.opt_state, eta))
+  return model, state, checkpoints
+
+
+@pytest.fixture(scope='module')
+def memorized(setup):
+  """A few dozen SFT steps on two pairs (ab> -> jihg, cd> -> fedc)."""
+  tokenizer = setup[0]
+  model, state, _ = _adam_sft(tokenizer, [('ab>', 'jihg'), ('cd>', 'fedc')],
+                              optax.constant_schedule(1e-2), 40)
+  return dict(model=model, params=state.params, tokenizer=tokenizer)
+
+
+def test_memorized_answer_scores_lower(memorized):
+  """The memorized pairs' perplexity and IFD drop below a random pair's."""
   examples = [{'prompt': 'ab>', 'completion': 'jihg'}, {'prompt': 'ab>', 'completion': 'gadbe'},
               {'prompt': 'cd>', 'completion': 'fedc'}, {'prompt': 'cd>', 'completion': 'bjaic'}]
-  kw = dict(model=model, params=state.params, tokenizer=tokenizer)
-  ppl, ifd = scores.compute('perplexity', examples, **kw), scores.compute('ifd', examples, **kw)
+  ppl = scores.compute('perplexity', examples, **memorized)
+  ifd = scores.compute('ifd', examples, **memorized)
   assert ppl[0] < ppl[1] and ppl[2] < ppl[3], ppl
   assert ifd[0] < ifd[1] and ifd[2] < ifd[3], ifd
   assert ppl[0] < 1.5 and ifd[0] < 0.5, (ppl, ifd)
+
+
+def test_ifd_filter_drops_pairs_the_instruction_does_not_lead_to(memorized):
+  """Swapped pairs (cd> -> jihg): the instruction makes the answer harder, IFD >= 1. Ranked by
+  IFD alone they would come first; the paper's filter drops them and keeps the matched pairs."""
+  examples = [{'prompt': 'ab>', 'completion': 'jihg'}, {'prompt': 'cd>', 'completion': 'fedc'},
+              {'prompt': 'cd>', 'completion': 'jihg'}, {'prompt': 'ab>', 'completion': 'fedc'}]
+  ifd = scores.compute('ifd', examples, **memorized)
+  assert np.all(ifd[:2] < 1) and np.all(ifd[2:] >= 1), ifd
+  assert sorted(selectors.top_ifd(ifd, 4)) == [0, 1]
+  assert sorted(selectors.top_ifd(ifd, 2, drop_unhelpful=False)) == [2, 3]
 
 
 def test_gradient_similarity_prefers_target_like_examples(setup):
@@ -130,10 +162,82 @@ def test_gradient_similarity_prefers_target_like_examples(setup):
   assert sim[0] < sim[1]
 
 
+def _two_tasks(rng, n):
+  """n reversal pairs ('abc>' -> 'cba'), then n spelling pairs ('abc=' -> '012', each letter's
+  index): the same prompts, two tasks. 3-5 letters."""
+  words = [''.join(rng.choice(list('abcdefghij'), rng.integers(3, 6), replace=False))
+           for _ in range(2 * n)]
+  return ([{'prompt': w + '>', 'completion': w[::-1]} for w in words[:n]] +
+          [{'prompt': w + '=', 'completion': ''.join(str(ord(c) - 97) for c in w)}
+           for w in words[n:]])
+
+
+@pytest.fixture(scope='module')
+def mixture():
+  """A tiny model Adam-trained on reversal and spelling mixed, with 3 checkpoints under a decaying
+  LR; a fresh pool of 8 + 8 examples, and 16 reversal examples as the validation (target) set
+  (per-example gradients of this tiny model are nearly orthogonal, cosine ~0.15 within a task:
+  the target's mean needs a few examples to stand out of the projection's noise)."""
+  tokenizer = Tokenizer.train(['abcdefghij0123456789>='], 32)
+  rng = np.random.default_rng(0)
+  train = [(ex['prompt'], ex['completion']) for ex in _two_tasks(rng, 32)]
+  model, _, checkpoints = _adam_sft(tokenizer, train, optax.linear_schedule(1e-2, 1e-3, 24), 24,
+                                    checkpoint_every=8)
+  return dict(model=model, tokenizer=tokenizer, checkpoints=checkpoints,
+              pool=_two_tasks(rng, 8), target=_two_tasks(rng, 16)[:16])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _example_grad(model, params, prompt_1xP, completion_1xC):
+  def loss(p):
+    logp, _ = scores.completion_logprobs(model, p, prompt_1xP, jnp.ones_like(prompt_1xP, bool),
+                                         completion_1xC, jnp.ones_like(completion_1xC, bool))
+    return -jnp.mean(logp)
+  return jax.grad(loss)(params)
+
+
+def test_adam_direction_is_adams_update_not_the_gradient(mixture):
+  """LESS's Gamma == optax.scale_by_adam's update for the example's own gradient, projected; and
+  it points elsewhere than the raw gradient (so preconditioning changes the score)."""
+  tok, model, ckpt = mixture['tokenizer'], mixture['model'], mixture['checkpoints'][-1]
+  chosen = mixture['pool'][:2]
+  kw = dict(model=model, params=ckpt.params, tokenizer=tok, dim=512, seed=1, batch_size=8)
+  gamma = scores.projected_gradients(chosen, adam=ckpt, **kw)
+  raw = scores.projected_gradients(chosen, **kw)
+  adam = optax.scale_by_adam(ckpt.b1, ckpt.b2, ckpt.eps)
+  for i, ex in enumerate(chosen):
+    g = _example_grad(model, ckpt.params, jnp.asarray([tok.encode(ex['prompt'], bos=True)]),
+                      jnp.asarray([tok.encode(ex['completion'], eos=True)]))
+    update, _ = adam.update(g, optax.ScaleByAdamState(ckpt.count, ckpt.mu, ckpt.nu))
+    ref = sum(u.reshape(-1) @ scores.leaf_projection(1, j, u.size, 512)
+              for j, u in enumerate(jax.tree.leaves(update)))
+    np.testing.assert_allclose(gamma[i], ref, atol=1e-3 * np.linalg.norm(ref), rtol=1e-3)
+    cosine = gamma[i] @ raw[i] / (np.linalg.norm(gamma[i]) * np.linalg.norm(raw[i]))
+    assert cosine < 0.9, cosine
+
+
+def test_less_selects_the_validation_task_over_distractors(mixture):
+  """Validation = reversal; pool = 8 reversal + 8 spelling examples. LESS's top 8 are >= 7/8
+  reversal, where a random 8 is 1/2 on average (and >= 7/8 with probability 65/12870 = 0.5%).
+  The score is the learning-rate-weighted mean of the single-checkpoint scores."""
+  ckpts = mixture['checkpoints']
+  kw = dict(model=mixture['model'], tokenizer=mixture['tokenizer'], target=mixture['target'],
+            dim=512, seed=1, batch_size=8)
+  less = scores.compute('less', mixture['pool'], checkpoints=ckpts, **kw)
+  precision = np.mean(selectors.top_k(less, 8) < 8)
+  assert precision >= 7 / 8, (precision, less)
+  eta = np.asarray([c.learning_rate for c in ckpts])
+  assert eta[0] > eta[1] > eta[2]  # The decaying LR weights the checkpoints unequally.
+  each = [scores.compute('less', mixture['pool'], checkpoints=[c], **kw) for c in ckpts]
+  np.testing.assert_allclose(less, eta @ np.asarray(each) / eta.sum(), atol=1e-6)
+  with pytest.raises(ValueError, match='checkpoints='):
+    scores.compute('less', mixture['pool'], checkpoints=[], **kw)
+
+
 def test_host_scores():
   examples = [{'prompt': 'x', 'completion': c, 'answer': 'a', 'successes': s, 'attempts': 4}
               for c, s in [('a', 0), ('a', 2), ('b', 4), ('b', 1)]]
-  np.testing.assert_allclose(scores.compute('learnability', examples),
+  np.testing.assert_allclose(scores.compute('uncertainty', examples),
                              [0.0, 0.25, 0.0, 0.1875])
   reward = lambda prompts, completions, answers: np.asarray(
       [float(c == a) for c, a in zip(completions, answers)])
@@ -145,6 +249,8 @@ def test_host_scores():
   np.testing.assert_allclose(share, [1.0, 1.0, 0.5, 0.5])
   with pytest.raises(KeyError, match='known'):
     scores.compute('nope', examples)
+  with pytest.raises(KeyError, match="renamed to 'uncertainty'"):
+    scores.compute('learnability', examples)
 
 
 def test_top_k_threshold_quantile_mix():

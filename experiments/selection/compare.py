@@ -16,10 +16,10 @@ greedy accuracy is measured over all levels and at the hardest one.
   agreement           largest majority share (self-consistency confidence);
   agreement_per_level the same within each prompt length (the level, visible without labels),
                       equal counts per level: confidence without the drift to easy problems;
-  learnability        largest p(1-p), p = majority share (the verified p is not available);
+  uncertainty         largest p(1-p), p = majority share (the verified p is not available);
   ifd                 largest IFD among IFD < 1 (Li et al. 2024: hard, instruction-following);
   perplexity          lowest perplexity of the pseudo-label (keep what the model is sure of);
-  adaptive            a Plackett-Luce selector over the agreement, learnability, IFD, perplexity
+  adaptive            a Plackett-Luce selector over the agreement, uncertainty, IFD, perplexity
                       and length features, trained by REINFORCE for `probe_rounds` rounds on a
                       scratch copy, each pick rewarded with its own loss drop (prediction gain,
                       Graves et al. 2017); then the top `budget` by its learned score. The
@@ -47,7 +47,7 @@ from si_jax.selection import adaptive, scores, selectors
 _WORKDIR = flags.DEFINE_string('workdir', '/tmp/si_jax/selection', 'Outputs go here.')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (base model, pool, draws).')
 _METHODS = flags.DEFINE_list(
-    'methods', ['random', 'agreement', 'agreement_per_level', 'learnability', 'ifd', 'perplexity',
+    'methods', ['random', 'agreement', 'agreement_per_level', 'uncertainty', 'ifd', 'perplexity',
                 'adaptive', 'oracle', 'gold'], 'Selection methods to compare.')
 _POOL = flags.DEFINE_integer('pool_size', 2048, 'Fresh problems in the candidate pool.')
 _GROUP = flags.DEFINE_integer('group_size', 8, 'Sampled answers per problem (k).')
@@ -64,7 +64,7 @@ _LR = flags.DEFINE_float('learning_rate', 1e-3, 'Fine-tune learning rate.')
 _EVAL = flags.DEFINE_integer('eval_size', 512, 'Held-out problems, all levels.')
 _EVAL_HARD = flags.DEFINE_integer('eval_hard_size', 256, 'Held-out problems at the hardest level.')
 
-FEATURES = ('agreement', 'learnability', 'ifd', 'perplexity', 'length')
+FEATURES = ('agreement', 'uncertainty', 'ifd', 'perplexity', 'length')
 
 
 def get_config(workdir: str, seed: int):
@@ -103,7 +103,7 @@ def features(exp, pool: list[dict]) -> dict[str, np.ndarray]:
   """The label-free scores every method reads, one value per pool example."""
   kw = dict(model=exp.model, params=exp.state.params, tokenizer=exp.tokenizer, batch_size=256)
   return {'agreement': np.asarray([ex['share'] for ex in pool]),
-          'learnability': scores.compute('learnability', pool),
+          'uncertainty': scores.compute('uncertainty', pool),
           'ifd': scores.compute('ifd', pool, **kw),
           'perplexity': scores.compute('perplexity', pool, **kw),
           'length': np.asarray([len(ex['prompt']) - 1 for ex in pool], np.float64)}
@@ -130,10 +130,10 @@ def select_static(method: str, feats, pool, budget: int, seed: int) -> np.ndarra
     members = [np.flatnonzero(feats['length'] == v) for v in levels]
     return np.concatenate([m[selectors.top_k(feats['agreement'][m], c)]
                            for m, c in zip(members, counts)])
-  if method in ('agreement', 'learnability'):
+  if method in ('agreement', 'uncertainty'):
     return selectors.top_k(feats[method], budget)
   if method == 'ifd':
-    return selectors.top_k(np.where(feats['ifd'] < 1.0, feats['ifd'], -np.inf), budget)
+    return selectors.top_ifd(feats['ifd'], budget)
   if method == 'perplexity':
     return selectors.top_k(feats['perplexity'], budget, largest=False)
   raise ValueError(f'unknown method {method!r}')

@@ -75,7 +75,7 @@ def pseudo_label(task: Task, loop, problems: list[Problem], samples: list[list[s
     counts['agreed'] += 1
     examples.append({
         'prompt': problem.prompt, 'completion': answer, 'reward': float(share),
-        'scores': {'agreement': float(share), 'learnability': float(share * (1 - share))},
+        'scores': {'agreement': float(share), 'uncertainty': float(share * (1 - share))},
         'source': 'self', 'round': round_idx, 'model_step': model_step,
         'difficulty': problem.difficulty, 'successes': share * k, 'attempts': k})
   stats = {'proxy_reward': float(np.mean(proxy)),

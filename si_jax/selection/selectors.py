@@ -34,6 +34,18 @@ def top_k(scores, k: int, largest: bool = True) -> np.ndarray:
   return np.argsort(-s if largest else s, kind='stable')[:k]
 
 
+def top_ifd(ifd, k: int, drop_unhelpful: bool = True) -> np.ndarray:
+  """Cherry LLM selection (Li et al. 2024): the k highest-IFD examples, best first.
+
+  drop_unhelpful (the paper's default): examples with IFD >= 1 go first, before ranking: there the
+  instruction does not help predict the answer (a mismatched or irrelevant pair), and they would
+  otherwise rank highest. Fewer than k come back when fewer survive.
+  """
+  s = np.asarray(ifd, np.float64)
+  keep = np.flatnonzero(s < 1.0) if drop_unhelpful else np.arange(s.size)
+  return keep[top_k(s[keep], k)]
+
+
 def threshold(scores, low: float | None = None, high: float | None = None) -> np.ndarray:
   """Indices with low <= score <= high (either bound optional), in order."""
   s = np.asarray(scores, np.float64)

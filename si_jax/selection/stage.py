@@ -12,13 +12,16 @@ import numpy as np
 
 from si_jax.selection import adaptive, scores
 
-SELECT_SCORES = ('', 'learnability', 'agreement', 'ifd', 'perplexity', 'entropy', 'adaptive')
-ADAPTIVE_FEATURES = ('agreement', 'learnability', 'ifd')
-_FROM_LABELLING = ('agreement', 'learnability')  # Computed while pseudo-labelling.
+SELECT_SCORES = ('', 'uncertainty', 'agreement', 'ifd', 'perplexity', 'entropy', 'adaptive')
+ADAPTIVE_FEATURES = ('agreement', 'uncertainty', 'ifd')
+_FROM_LABELLING = ('agreement', 'uncertainty')  # Computed while pseudo-labelling.
 
 
 def check(loop) -> None:
   """The keys of config.loop this stage reads, named when wrong."""
+  if loop.select_score in scores.RENAMED:
+    raise ValueError(f'config.loop.select_score={loop.select_score!r} was renamed: use '
+                     f'{scores.RENAMED[loop.select_score]!r}')
   if loop.select_score not in SELECT_SCORES:
     raise ValueError(f'config.loop.select_score={loop.select_score!r} is not one of '
                      f'{SELECT_SCORES}')
