@@ -2,9 +2,11 @@
 selectors are exact and deterministic, and the adaptive selector learns what predicts progress."""
 
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -14,6 +16,7 @@ from si_jax import layout, models, sharding, tasks, train_state
 from si_jax.optimization import sft, train_step
 from si_jax.sampling import score
 from si_jax.selection import adaptive, scores, selectors
+from si_jax.selection import stage as selection_stage
 from si_jax.tokenizers import Tokenizer
 from tests.conftest import tiny_model_config
 
@@ -150,6 +153,32 @@ def test_ifd_filter_drops_pairs_the_instruction_does_not_lead_to(memorized):
   assert np.all(ifd[:2] < 1) and np.all(ifd[2:] >= 1), ifd
   assert sorted(selectors.top_ifd(ifd, 4)) == [0, 1]
   assert sorted(selectors.top_ifd(ifd, 2, drop_unhelpful=False)) == [2, 3]
+
+
+def test_loop_selection_stage_ranks_filters_and_learns(memorized):
+  """The loop's selection (selection/stage.py): 'ifd' drops the swapped pairs before ranking,
+  'agreement' keeps the most agreed-on, 'adaptive' returns its picks and learns from them."""
+  exp = types.SimpleNamespace(model=memorized['model'], tokenizer=memorized['tokenizer'],
+                              mesh=None)
+  pairs = [('ab>', 'jihg', 0.9), ('cd>', 'fedc', 0.6), ('cd>', 'jihg', 0.5), ('ab>', 'fedc', 1.0)]
+  examples = [{'prompt': p, 'completion': c,
+               'scores': {'agreement': a, 'uncertainty': a * (1 - a)}} for p, c, a in pairs]
+  loop = ml_collections.ConfigDict({'select_score': 'ifd', 'select_fraction': 0.5})
+  kept, summary, picks = selection_stage.select(exp, memorized['params'], loop, examples, None, 0)
+  assert [ex['completion'] for ex in kept] == ['jihg', 'fedc'] and kept[0]['prompt'] == 'ab>'
+  assert picks is None and set(summary) == {'select_10', 'select_50', 'select_90'}
+  loop.select_score = 'agreement'
+  kept, _, _ = selection_stage.select(exp, memorized['params'], loop, examples, None, 0)
+  assert [ex['scores']['agreement'] for ex in kept] == [0.9, 1.0]
+  loop.select_score = 'adaptive'
+  selector = selection_stage.init_selector(loop)
+  kept, _, picks = selection_stage.select(exp, memorized['params'], loop, examples, selector, 0)
+  assert len(kept) == 2 and len(picks[1]) == 2
+  learned = selection_stage.learn(selector, picks, gain=1.0)
+  assert learned['rounds'] == 1 and learned['weights'] != selector['weights']
+  loop.select_score = 'learnability'
+  with pytest.raises(ValueError, match="renamed: use 'uncertainty'"):
+    selection_stage.check(loop)
 
 
 def test_gradient_similarity_prefers_target_like_examples(setup):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from si_jax.selection import adaptive, scores
+from si_jax.selection import adaptive, scores, selectors
 
 SELECT_SCORES = ('', 'uncertainty', 'agreement', 'ifd', 'perplexity', 'entropy', 'adaptive')
 ADAPTIVE_FEATURES = ('agreement', 'uncertainty', 'ifd')
@@ -49,9 +49,12 @@ def select(exp, params, loop, examples: list[dict], selector: dict | None, seed:
     idx = adaptive.select(state, features, n_keep, seed)
     values = adaptive.logits(state, features)
     picks = (features, idx)
+  elif loop.select_score == 'ifd':  # Cherry LLM: pairs with IFD >= 1 go before ranking.
+    values = _score('ifd', examples, model_kwargs)
+    idx = selectors.top_ifd(values, n_keep)
   else:
     values = _score(loop.select_score, examples, model_kwargs)
-    idx = np.argsort(-values, kind='stable')[:n_keep]
+    idx = selectors.top_k(values, n_keep)
   summary = {f'select_{q}': float(np.quantile(values, q / 100)) for q in (10, 50, 90)}
   return [examples[i] for i in sorted(idx)], summary, picks
 
