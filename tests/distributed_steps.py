@@ -28,8 +28,8 @@ def main(process_id: int, num_processes: int, port: int):
                                initialization_timeout=900, heartbeat_timeout_seconds=900,
                                shutdown_timeout_seconds=900)
   # pylint: disable=g-import-not-at-top
-  from si_jax import models, sharding, train_state
-  from si_jax.optimization import grpo, optimizers, sft, train_step
+  from si_jax import models, optimizers, sharding, train_state
+  from si_jax.optimization import grpo, sft, train_step
   import ml_collections
   cfg = models.TransformerConfig(vocab_size=32, d_model=32, num_layers=2, num_heads=4,
                                  num_kv_heads=2, head_dim=8, mlp_dim=64)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from configs import base
-from si_jax import sharding, train_state
-from si_jax.optimization import grpo, optimizers, preference, train_step
+from si_jax import optimizers, sharding, train_state
+from si_jax.optimization import grpo, preference, train_step
 from tests.conftest import tiny_model_config
 
 RNG = np.random.default_rng(0)

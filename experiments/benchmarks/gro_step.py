@@ -17,8 +17,8 @@ from absl import app, flags
 
 from configs import base
 from experiments.benchmarks.train_step import matmul_peak_flops
-from si_jax import layout, models, sampling, sharding, train_state
-from si_jax.optimization import grpo, optimizers, train_step
+from si_jax import layout, models, optimizers, sampling, sharding, train_state
+from si_jax.optimization import grpo, train_step
 
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed iterations (median reported).')
 PROMPTS, GROUP, PROMPT_LEN, NEW = 16, 8, 32, 64
