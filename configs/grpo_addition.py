@@ -3,17 +3,22 @@
 Launch (a few minutes on a 2-core CPU):
   python -m si_jax.main --config=configs/grpo_addition.py
 With no --config.init_from, a short SFT phase on labelled problems (config.train) first trains
-the base model into <workdir>/base. Variants: --config.rl.std_scale=none (Dr. GRPO),
---config.rl.eps_high=0.28 --config.rl.dynamic_sampling=True (DAPO),
---config.rl.advantage_estimator=rloo.
+the base model into <workdir>/base. Algorithms (the flags each sets: grpo.ALGORITHMS, tabled in
+si_jax/optimization/grpo.py): --config=configs/grpo_addition.py:dr_grpo, :dapo or :rloo
+(default :grpo).
 """
 
 import ml_collections
 
 from configs import base
+from si_jax.optimization import grpo
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(algorithm: str = 'grpo') -> ml_collections.ConfigDict:
+  """`algorithm`: a name in grpo.ALGORITHMS, whose flags override the rl section below."""
+  if algorithm not in grpo.ALGORITHMS:
+    raise ValueError(f'configs/grpo_addition.py:{algorithm}: the algorithm is not one of '
+                     f'{sorted(grpo.ALGORITHMS)}')
   c = base.get_config()
   c.job = 'grpo'
   c.workdir = '/tmp/si_jax/grpo_addition'
@@ -46,14 +51,22 @@ def get_config() -> ml_collections.ConfigDict:
   c.rl.kl_estimator = 'k3'  # 'k1' or 'k3'.
   c.rl.eps_low = 0.2  # Clip ε below 1.
   c.rl.eps_high = 0.2  # Clip ε above 1 (DAPO clip-higher: 0.28).
-  c.rl.aggregation = 'token_mean'  # 'token_mean', 'seq_mean_token_mean', 'seq_mean_token_sum_norm'.
+  # 'seq_mean_token_mean' (GRPO: per-completion token mean, then mean), 'token_mean' (DAPO),
+  # 'seq_mean_token_sum_norm' (Dr. GRPO: token sums / (completions * max_new_tokens)).
+  c.rl.aggregation = 'seq_mean_token_mean'
   c.rl.epochs = 1  # Optimisation epochs per rollout (μ); > 1 scores pi_old once per rollout.
   c.rl.mask_overlong = False  # DAPO overlong filtering: no loss on truncated completions.
-  c.rl.dynamic_sampling = False  # DAPO: drop groups whose rewards are all equal, fill the batch
-  c.rl.oversample = 3  # ... from a pool this many times larger (dynamic_sampling only).
+  # DAPO soft overlong punishment: the last overlong_buffer tokens before max_new_tokens cost
+  # a reward penalty rising linearly to -1 at the budget (L_cache); 0: off.
+  c.rl.overlong_buffer = 0
+  c.rl.dynamic_sampling = False  # DAPO: train only on groups whose rewards differ, sampling
+  c.rl.max_sample_batches = 4  # ... more batches until the update is full, at most this many.
   c.rl.eval_every = 10  # Held-out evaluation period (iterations).
   c.rl.eval_samples = 4  # Samples per held-out problem for the mean sampled reward.
   c.rl.checkpoint_every = 10  # Checkpoint period (iterations).
+
+  for key, value in grpo.ALGORITHMS[algorithm].items():
+    c.rl[key] = value
 
   base.use_tiny_model(c)
 

@@ -15,7 +15,7 @@ import pytest
 
 from si_jax import checkpoint, config_checks, experiment, models
 from si_jax.data import store as store_lib
-from si_jax.optimization import grpo, online_rl
+from si_jax.optimization import grpo, grpo_update
 from si_jax.sampling.sampler import Sampler
 from si_jax.tokenizers import Tokenizer
 from tests.conftest import tiny_model_config
@@ -233,7 +233,7 @@ def test_nan_reward_is_named(rl_config):
   reward = np.array([1, 0, np.nan, 1, 0, 0, 1, np.inf], np.float32)
   with pytest.raises(ValueError, match=r"config.rl.reward='verifiable' returned 2 non-finite "
                                        r'rewards.*sample 2'):
-    online_rl.build_batch(_Rollout(), reward, rl_config)
+    grpo_update.build_batch(_Rollout(), reward, grpo_update.RLConfig.from_config(rl_config))
 
 
 @pytest.mark.parametrize('estimator', sorted(grpo.ADVANTAGE_ESTIMATORS))

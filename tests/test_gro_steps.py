@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from configs import base
-from si_jax import optimizers, sharding, train_state
-from si_jax.optimization import grpo, preference, train_step
+from si_jax import optimizers, sharding, tasks, train_state
+from si_jax.optimization import grpo, grpo_update, preference, rollout, train_step
 from tests.conftest import tiny_model_config
 
 RNG = np.random.default_rng(0)
@@ -75,3 +75,77 @@ def test_step_on_mesh_equals_single_device(objective):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
                params, ref_params)
   assert ref_metrics[0]['loss'] != ref_metrics[1]['loss']
+
+
+# --- One GRPO update's rollout: DAPO's dynamic sampling refills it ---------------------------
+
+
+def _draws(rewards_per_batch, prompt_widths):
+  """draw(attempt) over made-up rollouts: batch a holds groups of 2 with the given rewards, its
+  prompts `prompt_widths[a]` wide, each row's tokens tagging (batch, group)."""
+  def draw(attempt):
+    r = np.asarray(rewards_per_batch[attempt], np.float32)
+    groups, width = r.shape[0], prompt_widths[attempt]
+    rows = groups * 2
+    tag = (attempt * 10 + np.repeat(np.arange(groups), 2))[:, None]
+    prompt_mask = np.zeros((rows, width), bool)
+    prompt_mask[:, -3:] = True
+    ro = rollout.Rollout(
+        problems=[tasks.Problem(f'p{attempt}{g}', '', 1) for g in range(groups)], group_size=2,
+        prompts=[f'p{attempt}{g}' for g in range(groups) for _ in range(2)],
+        completions=['c'] * rows,
+        arrays={'prompt': np.where(prompt_mask, tag, 0).astype(np.int32),
+                'prompt_mask': prompt_mask,
+                'completion': np.broadcast_to(tag, (rows, 4)).astype(np.int32),
+                'completion_mask': np.ones((rows, 4), bool)},
+        finish_reason=np.ones(rows, np.int32), sampler_logprobs=np.zeros((rows, 4), np.float32))
+    return ro, r.reshape(-1)
+  return draw
+
+
+def test_dynamic_sampling_refills_the_update_with_informative_groups():
+  rl = grpo_update.RLConfig(prompts_per_iteration=3, group_size=2, dynamic_sampling=True,
+                            max_sample_batches=3)
+  batches = [[[1, 1], [0, 1], [0, 0]], [[0, 0], [1, 1]], [[1, 0], [1, 0], [0, 1]]]
+  ro, reward, host = grpo_update.collect(_draws(batches, [16, 32, 16]), rl)
+  assert [p.prompt for p in ro.problems] == ['p01', 'p20', 'p21']  # Full, from 3 batches.
+  assert host['sample_batches'] == 3 and host['sampled_informative'] == 4 / 8
+  np.testing.assert_array_equal(reward, [0, 1, 1, 0, 1, 0])
+  # Prompts stay right-aligned against the completion in the widest (32) layout.
+  assert ro.arrays['prompt'].shape == (6, 32) and ro.arrays['prompt_mask'][:, -3:].all()
+  np.testing.assert_array_equal(ro.arrays['prompt'][:, -1], [1, 1, 20, 20, 21, 21])
+  np.testing.assert_array_equal(ro.arrays['completion'][:, 0], [1, 1, 20, 20, 21, 21])
+  batch, _ = grpo_update.build_batch(ro, reward, rl)
+  assert batch['completion_mask'].all() and (batch['advantages'] != 0).all()
+
+
+def test_dynamic_sampling_short_of_groups_warns_and_masks_the_top_up(caplog):
+  rl = grpo_update.RLConfig(prompts_per_iteration=3, group_size=2, dynamic_sampling=True,
+                            max_sample_batches=2)
+  batches = [[[1, 1], [0, 1], [0, 0]], [[0, 0], [1, 1], [1, 1]]]
+  with caplog.at_level('WARNING'):
+    ro, reward, _ = grpo_update.collect(_draws(batches, [16, 16]), rl)
+  assert 'config.rl.max_sample_batches' in caplog.text
+  assert [p.prompt for p in ro.problems] == ['p01', 'p00', 'p02']
+  batch, _ = grpo_update.build_batch(ro, reward, rl)
+  np.testing.assert_array_equal(batch['completion_mask'].any(1), [1, 1, 0, 0, 0, 0])
+
+
+def test_soft_overlong_punishment_reaches_the_advantages():
+  """Equal rewards, unequal lengths: DAPO's penalty makes the longer sample worse."""
+  rl = grpo_update.RLConfig(prompts_per_iteration=1, group_size=2, max_new_tokens=4,
+                            overlong_buffer=2)
+  ro, reward = _draws([[[1, 1]]], [16])(0)
+  ro.arrays['completion_mask'][1, 3:] = False  # 3 tokens: half-way into the buffer.
+  ro, shaped, _ = grpo_update.collect(lambda _: (ro, reward), rl)
+  np.testing.assert_allclose(shaped, [0.0, 0.5])
+  batch, _ = grpo_update.build_batch(ro, shaped, rl)
+  assert batch['advantages'][1] > 0 > batch['advantages'][0]
+
+
+def test_take_samples_keeps_the_first_of_every_group():
+  ro, _ = _draws([[[1, 0], [0, 1]]], [16])(0)
+  ro.arrays['completion'][:, 1] = np.arange(4)
+  sub = ro.take_samples(1)
+  assert sub.group_size == 1 and sub.prompts == ['p00', 'p01']
+  np.testing.assert_array_equal(sub.arrays['completion'][:, 1], [0, 2])

@@ -91,15 +91,56 @@ def rollout():
   return model, params, batch
 
 
-def test_one_epoch_grpo_has_ratio_one_and_policy_gradient_of_the_advantage(rollout):
+@pytest.mark.parametrize('aggregation', grpo.AGGREGATIONS)
+def test_one_epoch_grpo_has_ratio_one_and_policy_gradient_of_the_advantage(rollout, aggregation):
   model, params, batch = rollout
-  cfg = grpo.GRPOConfig()
-  batch = {**batch, 'advantages': np.array([1.0, -1.0, 0.5, 0.0, 2.0, -0.5], np.float32)}
+  cfg = grpo.GRPOConfig(aggregation=aggregation, max_completion_len=7)
+  adv = np.array([1.0, -1.0, 0.5, 0.0, 2.0, -0.5], np.float32)
+  batch = {**batch, 'advantages': adv}
   loss_sum, (weight, metrics) = grpo.grpo_loss(model, params, batch, cfg)
   np.testing.assert_allclose(metrics['ratio'] / weight, 1.0, rtol=1e-6)
-  mask = batch['completion_mask']
-  expected = -(batch['advantages'][:, None] * mask).sum() / mask.sum()
+  lengths = batch['completion_mask'].sum(1)
+  expected = {  # GRPO: every completion counts once, whatever its length.
+      'seq_mean_token_mean': -adv.mean(),
+      'token_mean': -(adv * lengths).sum() / lengths.sum(),  # DAPO: every token counts once.
+      'seq_mean_token_sum_norm': -(adv * lengths).sum() / (6 * 7),  # Dr. GRPO's constant.
+  }[aggregation]
   np.testing.assert_allclose(loss_sum / weight, expected, rtol=1e-5)
+
+
+def test_grpo_defaults_to_the_papers_per_sequence_mean():
+  assert grpo.GRPOConfig().aggregation == 'seq_mean_token_mean'
+  from configs import grpo_addition  # pylint: disable=g-import-not-at-top
+  assert grpo_addition.get_config().rl.aggregation == 'seq_mean_token_mean'
+
+
+def test_algorithm_table_in_the_docstring_is_the_presets():
+  """The doc table (grpo.py) and grpo.ALGORITHMS say the same; each preset builds its config."""
+  from configs import grpo_addition  # pylint: disable=g-import-not-at-top
+  from si_jax.optimization import grpo_update  # pylint: disable=g-import-not-at-top
+  rows = [line.strip().strip('|').split('|') for line in grpo.__doc__.splitlines()
+          if line.strip().startswith('|') and '---' not in line]
+  header, *body = [[cell.strip() for cell in row] for row in rows]
+  assert sorted(row[0] for row in body) == sorted(grpo.ALGORITHMS)
+  for name, *cells in body:
+    for key, cell in zip(header[1:], cells):
+      assert cell.split()[0] == str(grpo.ALGORITHMS[name][key]), (name, key)
+    rl = grpo_update.RLConfig.from_config(grpo_addition.get_config(name).rl)
+    assert all(getattr(rl, k) == v for k, v in grpo.ALGORITHMS[name].items())
+  dr = grpo_update.RLConfig.from_config(grpo_addition.get_config('dr_grpo').rl)
+  assert dr.std_scale == 'none' and dr.loss.aggregation == 'seq_mean_token_sum_norm'
+  with pytest.raises(ValueError, match='grpo_addition.py:ppo'):
+    grpo_addition.get_config('ppo')
+
+
+def test_soft_overlong_punishment_is_daposs_piecewise_penalty():
+  l_max, l_cache = 10, 4
+  lengths = np.arange(0, 11)
+  paper = [0.0 if n <= l_max - l_cache else ((l_max - l_cache) - n) / l_cache
+           for n in lengths]  # DAPO Eq. 13 (n == l_max is a truncated completion: -1).
+  np.testing.assert_allclose(grpo.soft_overlong_punishment(lengths, l_max, l_cache), paper)
+  with pytest.raises(ValueError, match='config.rl.overlong_buffer'):
+    grpo.soft_overlong_punishment(lengths, l_max, 11)
 
 
 def test_zero_advantage_gives_zero_policy_gradient(rollout):
@@ -184,10 +225,3 @@ def test_preference_loss_on_a_model_uses_sequence_logprobs(rollout):
 def test_bad_preference_config_is_named():
   with pytest.raises(ValueError, match='kto'):
     preference.PreferenceConfig(loss='kto')
-
-
-def test_dapo_fill_prefers_informative_groups():
-  from si_jax.optimization import online_rl  # pylint: disable=g-import-not-at-top
-  r = np.array([[1, 1], [0, 1], [0, 0], [1, 0], [0, 1]], np.float32)
-  np.testing.assert_array_equal(online_rl.fill_groups(r, 2), [1, 3])
-  np.testing.assert_array_equal(online_rl.fill_groups(r, 4), [1, 3, 4, 0])  # then masked fillers

@@ -37,3 +37,14 @@ def test_format_and_combine():
   np.testing.assert_array_equal(fmt(['a', 'b'], ['12', 'twelve']), [1, 0])
   both = rewards.combine((rewards.verifiable(TASK), 1.0), (fmt, 0.1))
   np.testing.assert_allclose(both(['1+1=', '1+1='], ['2', '3'], answers=['2', '2']), [1.1, 0.1])
+
+
+def test_rewards_are_built_by_registered_name_and_bad_names_are_named():
+  assert set(rewards.REWARDS) >= {'verifiable', 'majority', 'verifiable+format', 'self_judge'}
+  vote = rewards.make_reward('majority', TASK, group_size=4, min_share=0.75)
+  assert vote(['a'] * 4, ['5', '5', '5', '6']).tolist() == [1, 1, 1, 0]
+  assert vote(['a'] * 4, ['5', '5', '6', '7']).sum() == 0  # min_share reached the vote.
+  with pytest.raises(ValueError, match=r"config.gro.reward='judge' is not a registered reward"):
+    rewards.make_reward('judge', TASK, group_size=2, key='config.gro.reward')
+  with pytest.raises(ValueError, match="config.rl.reward='self_judge' needs the model"):
+    rewards.make_reward('self_judge', TASK, group_size=2)

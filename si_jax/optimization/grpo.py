@@ -7,13 +7,31 @@ Everything a researcher changes to try a GRPO variant is in this file:
   * KL estimators to the frozen reference: 'k1' (log-ratio) and 'k3' (Schulman's unbiased,
     always >= 0, as in GRPO's Eq. 4);
   * the clipped surrogate with separate low/high epsilon (DAPO's clip-higher);
-  * loss aggregation: 'token_mean' (DAPO), 'seq_mean_token_mean' (GRPO), 'seq_mean_token_sum_norm'
-    (Dr. GRPO's constant normaliser);
-  * DAPO's dynamic-sampling filter and overlong-completion masking (host-side helpers).
+  * loss aggregation: 'seq_mean_token_mean' (GRPO's Eq. 3: each completion's token mean, then
+    the mean over completions), 'token_mean' (DAPO's token-level loss: one mean over all tokens
+    of the batch) and 'seq_mean_token_sum_norm' (Dr. GRPO: token sums over a constant, the
+    batch's completions times the generation budget, so no length bias);
+  * DAPO's host-side helpers: the dynamic-sampling test, overlong masking and the soft overlong
+    punishment.
 
 Notation (per completion token t of sample i): ratio r = pi_theta / pi_old,
 A_i the sequence advantage, eps_low / eps_high the clip range, beta the KL coefficient:
   L_it = -min(r A_i, clip(r, 1 - eps_low, 1 + eps_high) A_i) + beta * KL_it.
+
+Which `config.rl` flags make which algorithm (`ALGORITHMS`; pick one with
+`--config=configs/grpo_addition.py:<name>`; unlisted flags keep their defaults):
+
+  | algorithm | advantage_estimator | std_scale | aggregation             | eps_high | dynamic_sampling | overlong_buffer |
+  |-----------|---------------------|-----------|-------------------------|----------|------------------|-----------------|
+  | grpo      | grpo                | group     | seq_mean_token_mean     | 0.2      | False            | 0               |
+  | dr_grpo   | grpo                | none      | seq_mean_token_sum_norm | 0.2      | False            | 0               |
+  | dapo      | grpo                | group     | token_mean              | 0.28     | True             | 2 (L_cache)     |
+  | rloo      | rloo                | none      | seq_mean_token_sum_norm | 0.2      | False            | 0               |
+
+GRPO and Dr. GRPO keep beta (the KL to the reference) as configured; DAPO and RLOO as defined
+use none (beta=0). RLOO is REINFORCE on whole-sequence log-probabilities: its token sums over a
+constant are Dr. GRPO's aggregation, and with one epoch per rollout the ratio is 1, so clipping
+never acts.
 """
 
 from __future__ import annotations
@@ -74,7 +92,21 @@ KL_ESTIMATORS: dict[str, Callable] = {
     'k3': lambda logp, ref_logp: jnp.exp(ref_logp - logp) - (ref_logp - logp) - 1.0,
 }
 
-AGGREGATIONS = ('token_mean', 'seq_mean_token_mean', 'seq_mean_token_sum_norm')
+AGGREGATIONS = ('seq_mean_token_mean', 'token_mean', 'seq_mean_token_sum_norm')
+
+# The flags of config.rl that define each algorithm of the table in the module docstring.
+ALGORITHMS: dict[str, dict] = {
+    'grpo': dict(advantage_estimator='grpo', std_scale='group', aggregation='seq_mean_token_mean',
+                 eps_high=0.2, dynamic_sampling=False, overlong_buffer=0),
+    'dr_grpo': dict(advantage_estimator='grpo', std_scale='none',
+                    aggregation='seq_mean_token_sum_norm', eps_high=0.2, dynamic_sampling=False,
+                    overlong_buffer=0),
+    'dapo': dict(advantage_estimator='grpo', std_scale='group', aggregation='token_mean',
+                 eps_high=0.28, dynamic_sampling=True, overlong_buffer=2, beta=0.0),
+    'rloo': dict(advantage_estimator='rloo', std_scale='none',
+                 aggregation='seq_mean_token_sum_norm', eps_high=0.2, dynamic_sampling=False,
+                 overlong_buffer=0, beta=0.0),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +115,7 @@ class GRPOConfig:
   kl_estimator: str = 'k3'  # 'k1' or 'k3'.
   eps_low: float = 0.2  # Clip range below 1 (ε).
   eps_high: float = 0.2  # Clip range above 1 (DAPO's clip-higher: e.g. 0.28).
-  aggregation: str = 'token_mean'  # See AGGREGATIONS.
+  aggregation: str = 'seq_mean_token_mean'  # See AGGREGATIONS; GRPO's is the default.
   max_completion_len: int = 64  # Dr. GRPO's constant normaliser for 'seq_mean_token_sum_norm'.
 
   def __post_init__(self):
@@ -151,6 +183,16 @@ def dynamic_sampling_keep(rewards_GxN: np.ndarray) -> np.ndarray:
   """DAPO: keep groups whose rewards are not all equal (they give zero advantage anyway)."""
   r = np.asarray(rewards_GxN)
   return ~np.all(r == r[:, :1], axis=1)
+
+
+def soft_overlong_punishment(lengths: np.ndarray, max_len: int, buffer: int) -> np.ndarray:
+  """DAPO's Eq. 13: 0 up to max_len - buffer tokens, then a linear penalty reaching -1 at
+  max_len (a completion cut at the budget has length max_len, so it gets the full -1)."""
+  if not 0 < buffer <= max_len:
+    raise ValueError(f'config.rl.overlong_buffer={buffer} must lie in (0, '
+                     f'config.rl.max_new_tokens={max_len}]; 0 turns the penalty off')
+  excess = np.asarray(lengths, np.float32) - (max_len - buffer)
+  return -np.clip(excess / buffer, 0.0, 1.0)
 
 
 def overlong_mask(completion_mask: np.ndarray, finish_reason: np.ndarray,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from si_jax import experiment, sampling
-from si_jax.optimization import online_rl, rollout, rounds
+from si_jax.optimization import rewards, rollout, rounds
 
 
 def select(ro: rollout.Rollout, reward: np.ndarray, threshold: float, per_problem: int):
@@ -37,7 +37,8 @@ def run(config) -> dict:
   gro = config.gro
   exp = experiment.setup(config, gro.num_rounds * gro.sft_steps)
   sampler = sampling.Sampler(exp.model, exp.mesh)
-  reward_fn = online_rl.make_reward(gro.reward, exp.task, gro.group_size)
+  reward_fn = rewards.make_reward(gro.reward, exp.task, group_size=gro.group_size,
+                                  key='config.gro.reward')
   step_fn = rounds.sft_step(exp)
   base_params = rounds.frozen_copy(exp.state.params) if gro.restart_from_base else None
   strategy = sampling.Temperature(gro.temperature)

@@ -5,6 +5,9 @@ A reward is a plain callable `fn(prompts, completions, **fields) -> np.ndarray [
 host between jitted steps. `fields` carries per-completion extras such as `answers` (reference
 answers, for verifiable rewards). Completions of one prompt are consecutive (rows b*n .. b*n+n-1),
 as the sampler returns them; group rewards take `group_size`.
+
+Rewards are built by name through `REWARDS` (name -> factory), so a loop reads `config.rl.reward`
+without importing the module that defines it (judge.py's 'self_judge' included).
 """
 
 from __future__ import annotations
@@ -16,6 +19,26 @@ import numpy as np
 from si_jax.tasks import Problem, Task
 
 RewardFn = Callable[..., np.ndarray]
+# name -> factory(task, *, group_size, min_share, exp) -> RewardFn; see `register_reward`.
+REWARDS: dict[str, Callable[..., RewardFn]] = {}
+
+
+def register_reward(name: str):
+  """Registers a reward factory under `name` (the value of config.rl.reward / config.gro.reward).
+  Factories take the task and keyword context: `group_size`, `min_share` (the vote's confidence
+  floor) and `exp` (the experiment, for model-based rewards); they use what they need."""
+  def register(factory):
+    REWARDS[name] = factory
+    return factory
+  return register
+
+
+def make_reward(name: str, task: Task, *, group_size: int, min_share: float = 0.0, exp=None,
+                key: str = 'config.rl.reward') -> RewardFn:
+  """The reward registered as `name`; `key` is the config field it came from (for errors)."""
+  if name not in REWARDS:
+    raise ValueError(f'{key}={name!r} is not a registered reward; use one of {sorted(REWARDS)}')
+  return REWARDS[name](task, group_size=group_size, min_share=min_share, exp=exp, key=key)
 
 
 def verifiable(task: Task) -> RewardFn:
@@ -66,3 +89,34 @@ def combine(*weighted: tuple[RewardFn, float]) -> RewardFn:
     return sum(w * np.asarray(fn(prompts, completions, **fields), np.float32)
                for fn, w in weighted)
   return reward
+
+
+# --- The registry ------------------------------------------------------------------------------
+
+
+@register_reward('verifiable')
+def _verifiable(task, **_):
+  return verifiable(task)
+
+
+@register_reward('majority')
+def _majority(task, *, group_size, min_share, **_):
+  return majority_vote(task, group_size, min_share)
+
+
+@register_reward('verifiable+format')
+def _verifiable_and_format(task, **_):
+  return combine((verifiable(task), 1.0), (format_reward(task), 0.1))
+
+
+@register_reward('self_judge')
+def _self_judge(task, *, exp, key, **_):
+  """The policy's own verdict-token probability (judge.py). The tokenizer must hold the judge
+  template's characters (config.tokenizer_extra_chars); the loop refreshes the judge's `params`
+  as the policy trains."""
+  del task
+  if exp is None:
+    raise ValueError(f"{key}='self_judge' needs the model: pass exp to make_reward")
+  # Imported here: judge pulls in the model stack, and evaluation imports this module.
+  from si_jax.optimization import judge  # pylint: disable=g-import-not-at-top
+  return judge.judge_reward(exp.model, exp.state.params, exp.tokenizer, yes='y', no='n')

@@ -35,6 +35,19 @@ class Rollout:
                    finish_reason=self.finish_reason[rows],
                    sampler_logprobs=self.sampler_logprobs[rows])
 
+  def take_samples(self, k: int) -> 'Rollout':
+    """The first k samples of every group: an unbiased subsample, as samples are i.i.d. (TTRL
+    votes over a large group and trains on a subsample of it)."""
+    g = self.group_size
+    if not 0 < k <= g:
+      raise ValueError(f'cannot take {k} samples of groups of {g}')
+    rows = (np.arange(len(self.problems))[:, None] * g + np.arange(k)[None]).reshape(-1)
+    return dataclasses.replace(
+        self, group_size=k, prompts=[self.prompts[r] for r in rows],
+        completions=[self.completions[r] for r in rows],
+        arrays={name: v[rows] for name, v in self.arrays.items()},
+        finish_reason=self.finish_reason[rows], sampler_logprobs=self.sampler_logprobs[rows])
+
   @property
   def answers(self) -> list[str]:
     """Reference answers per row: for verifiable rewards and evaluation only."""
@@ -57,3 +70,32 @@ def rollout(sampler: sampling.Sampler, params, tokenizer: Tokenizer,
       arrays={'prompt': repeat(prompt), 'prompt_mask': repeat(prompt_mask),
               'completion': out.tokens.astype(np.int32), 'completion_mask': completion_mask},
       finish_reason=out.finish_reason, sampler_logprobs=out.logprobs)
+
+
+def concat(rollouts: list[Rollout]) -> Rollout:
+  """The rollouts as one (same group size): prompts stay left-padded and completions
+  right-padded, to the widest of the parts."""
+  if len({ro.group_size for ro in rollouts}) != 1:
+    raise ValueError('cannot concatenate rollouts of different group sizes')
+  if len(rollouts) == 1:
+    return rollouts[0]
+  width = lambda name: max(ro.arrays[name].shape[1] for ro in rollouts)
+  p, n = width('prompt'), width('completion')
+
+  def padded(ro: Rollout) -> dict[str, np.ndarray]:
+    out = {}
+    for name, v in ro.arrays.items():
+      missing = (p if name.startswith('prompt') else n) - v.shape[1]
+      left = name.startswith('prompt')  # Prompts end where the completion starts.
+      out[name] = np.pad(v, ((0, 0), (missing, 0) if left else (0, missing)))
+    return out
+
+  parts = [padded(ro) for ro in rollouts]
+  return Rollout(
+      problems=[x for ro in rollouts for x in ro.problems], group_size=rollouts[0].group_size,
+      prompts=[x for ro in rollouts for x in ro.prompts],
+      completions=[x for ro in rollouts for x in ro.completions],
+      arrays={name: np.concatenate([a[name] for a in parts]) for name in parts[0]},
+      finish_reason=np.concatenate([ro.finish_reason for ro in rollouts]),
+      sampler_logprobs=np.concatenate([np.pad(ro.sampler_logprobs, (
+          (0, 0), (0, n - ro.sampler_logprobs.shape[1]))) for ro in rollouts]))

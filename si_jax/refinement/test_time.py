@@ -5,27 +5,31 @@ The pseudo-label is the model's own majority answer (self-consistency), so no la
     problem, vote, SFT on one completion giving the majority answer of every problem whose
     majority share >= min_share; repeat for a few rounds;
   * TTRL (Zuo et al. 2025): GRPO on the test problems with the majority-vote reward, 1 for a
-    sample whose answer matches its group's majority (`rewards.majority_vote`). One group both
-    votes and trains (TTRL votes over a larger group and trains on a subsample).
-Both then answer by self-consistency over `answer_n` samples (`voting.self_consistency_answer`).
+    sample whose answer matches the majority of `vote_size` samples of its problem
+    (`rewards.majority_vote`); the update trains on the first `group_size` of them (the paper
+    votes over 64 and trains on 32). `reward='verifiable'` is the paper's upper bound: the same
+    RL with the test labels.
+Both then answer by self-consistency over `answer_n` samples (`voting.self_consistency_answer`);
+`accuracy_at_k` scores a model as the TTRL paper does (avg@k and maj@k, labels needed).
 
-Labels: both strip every problem's answer first (`unlabeled`), so no ground truth can reach
-training or answering; score the returned answers against the originals afterwards.
-The update steps are the GRO loops' own (rounds.sft_step / grpo.grpo_loss via train_step), and
-they update `exp.state` in place, as the loops do.
+Labels: both strip every problem's answer first (`unlabeled`; all but the labelled upper
+bound), so no ground truth can reach training or answering; score the returned answers against
+the originals afterwards. The update steps are the GRO loops' own (rounds.sft_step, and
+grpo_update's GRPO update shared with online RL), and they update `exp.state` in place, as the
+loops do.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from si_jax import metrics, sampling, sharding
+from si_jax import sampling
+from si_jax.evaluation import metrics
 from si_jax.experiment import Experiment
-from si_jax.optimization import grpo, online_rl, rewards, rollout, rounds, train_step
+from si_jax.optimization import grpo_update, rewards, rollout, rounds
 from si_jax.refinement import voting
 from si_jax.tasks import Problem
 
@@ -43,25 +47,27 @@ class SFTConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TTRLConfig:
-  """Field names follow config.rl (configs/grpo_addition.py), so online_rl.grpo_config and
-  online_rl.build_batch read it unchanged; a config.rl section works here as well."""
+class TTRLConfig(grpo_update.RLConfig):
+  """config.rl's fields (grpo_update.RLConfig: the same GRPO update as online RL) with TTRL's
+  defaults, plus the vote. The eval_* and checkpoint_every fields are unused here."""
   num_iterations: int = 20  # Rollout + update iterations.
-  prompts_per_iteration: int = 16  # Test problems per rollout (cycling over the test set).
-  group_size: int = 8  # Samples per problem: the vote and the GRPO group (G).
+  prompts_per_iteration: int = 16  # Test problems per update (cycling over the test set).
+  group_size: int = 8  # Samples per problem the update trains on (G).
   max_new_tokens: int = 10  # Completion budget.
-  temperature: float = 1.0  # Sampling temperature of rollouts.
+  # 'majority' (TTRL: the vote is the label) or 'verifiable' (RL on the test labels: the upper
+  # bound TTRL is compared with; the only variant that reads answers).
+  reward: str = 'majority'
+  vote_size: int = 0  # Samples per problem behind the vote (>= group_size); 0: group_size.
   min_share: float = 0.0  # Majorities weaker than this give no reward (all 0).
-  advantage_estimator: str = 'grpo'  # 'grpo' or 'rloo'.
-  std_scale: str = 'group'  # 'group', 'batch' or 'none'.
-  beta: float = 0.0  # KL coefficient β to the pre-adaptation model (> 0 scores a frozen copy).
-  kl_estimator: str = 'k3'
-  eps_low: float = 0.2  # Clip ε below 1.
-  eps_high: float = 0.2  # Clip ε above 1.
-  aggregation: str = 'token_mean'
-  epochs: int = 1  # GRPO updates per rollout (μ).
-  mask_overlong: bool = False
-  dynamic_sampling: bool = False  # Mask groups whose rewards are all equal.
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.reward not in ('majority', 'verifiable'):
+      raise ValueError(f"TTRLConfig.reward={self.reward!r} not in ('majority', 'verifiable')")
+    if self.vote_size and self.vote_size < self.group_size:
+      raise ValueError(f'TTRLConfig.vote_size={self.vote_size} < group_size={self.group_size}: '
+                       f'the update trains on a subset of the vote; use vote_size >= group_size '
+                       f'(or 0 for equal)')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,49 +144,71 @@ def sft(exp: Experiment, problems: Sequence[Problem], cfg: SFTConfig = SFTConfig
 
 def ttrl_step(exp: Experiment, cfg: TTRLConfig):
   """The jitted GRPO update TTRL runs (build once, pass to several `ttrl` calls)."""
-  return train_step.jit_train_step(train_step.make_train_step(
-      functools.partial(grpo.grpo_loss, exp.model, cfg=online_rl.grpo_config(cfg)), exp.tx,
-      exp.schedule, exp.config.optimizer.grad_accum_steps), exp.shardings, exp.mesh)
+  return grpo_update.make_step(exp, cfg)
+
+
+def _chunks(n: int, size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+  """Consecutive `size`-chunks of a shuffle of range(n), reshuffled every pass."""
+  order = np.array([], np.int64)
+  while True:
+    while len(order) < size:
+      order = np.concatenate([order, rng.permutation(n)])
+    yield order[:size]
+    order = order[size:]
 
 
 def ttrl(exp: Experiment, problems: Sequence[Problem], cfg: TTRLConfig = TTRLConfig(), *,
          answer_n: int = 8, seed: int = 0, sampler: sampling.Sampler | None = None,
          step_fn=None) -> Adapted:
   """TTRL: GRPO with the majority-vote reward on the test problems, then self-consistency over
-  answer_n samples. Each iteration takes the next `prompts_per_iteration` problems of a seeded
+  answer_n samples. Each rollout takes the next `prompts_per_iteration` problems of a seeded
   shuffle of the test set (reshuffled every pass)."""
-  problems = unlabeled(problems)
+  labelled = cfg.reward == 'verifiable'
+  problems = list(problems) if labelled else unlabeled(problems)
   sampler = sampler or sampling.Sampler(exp.model, exp.mesh)
   step_fn = step_fn or ttrl_step(exp, cfg)
-  reward_fn = rewards.majority_vote(exp.task, cfg.group_size, cfg.min_share)
-  score = functools.partial(sampling.score_tokens, exp.model)
+  vote = cfg.vote_size or cfg.group_size
+  reward_fn = rewards.make_reward(cfg.reward, exp.task, group_size=vote, min_share=cfg.min_share,
+                                  key='TTRLConfig.reward')
   ref_params = rounds.frozen_copy(exp.state.params) if cfg.beta > 0 else None
   strategy = sampling.Temperature(cfg.temperature)
-  rng = np.random.default_rng([seed, 11])
-  order = np.array([], np.int64)
+  chunks = _chunks(len(problems), cfg.prompts_per_iteration, np.random.default_rng([seed, 11]))
   state, history, samples, tokens = exp.state, [], 0, 0
   for it in range(cfg.num_iterations):
-    while len(order) < cfg.prompts_per_iteration:
-      order = np.concatenate([order, rng.permutation(len(problems))])
-    chunk, order = order[:cfg.prompts_per_iteration], order[cfg.prompts_per_iteration:]
-    ro = rollout.rollout(sampler, state.params, exp.tokenizer, [problems[i] for i in chunk],
-                         group_size=cfg.group_size, max_new_tokens=cfg.max_new_tokens,
-                         strategy=strategy, seed=seed * 1_000_003 + it * len(chunk))
-    samples += len(ro.completions)
-    tokens += int(ro.arrays['completion_mask'].sum())
-    reward = reward_fn(ro.prompts, ro.completions)  # No `answers`: the vote is the label.
-    batch, host = online_rl.build_batch(ro, reward, cfg)
-    args = (batch['prompt'], batch['prompt_mask'], batch['completion'], batch['completion_mask'])
-    if ref_params is not None:
-      batch['ref_logprobs'] = np.asarray(score(ref_params, *args)[0])
-    if cfg.epochs > 1:  # pi_old: the policy that sampled, scored once per rollout.
-      batch['old_logprobs'] = np.asarray(score(state.params, *args)[0])
-    device_batch = sharding.shard_batch(batch, exp.mesh)
-    for _ in range(cfg.epochs):
-      state, step_metrics = step_fn(state, device_batch)
+    shares = []
+
+    def draw(attempt, it=it, params=state.params, shares=shares):
+      nonlocal samples, tokens
+      chunk = [problems[i] for i in next(chunks)]
+      ro = rollout.rollout(sampler, params, exp.tokenizer, chunk, group_size=vote,
+                           max_new_tokens=cfg.max_new_tokens, strategy=strategy,
+                           seed=seed * 1_000_003 + it * len(chunk) + attempt * 7919)
+      samples += len(ro.completions)
+      tokens += int(ro.arrays['completion_mask'].sum())
+      fields = {'answers': ro.answers} if labelled else {}  # Unlabelled: the vote is the label.
+      reward = reward_fn(ro.prompts, ro.completions, **fields)
+      shares.append(rewards.majority_labels(exp.task, ro.completions, vote)[1])
+      train = ro.take_samples(cfg.group_size)  # The first samples: an i.i.d. subsample.
+      return train, reward.reshape(-1, vote)[:, :cfg.group_size].reshape(-1)
+
+    ro, reward, host = grpo_update.collect(draw, cfg)
+    state, logged = grpo_update.update(exp, step_fn, state, ro, reward, cfg, ref_params)
     exp.state = state  # The step donated the old state: keep exp pointing at live buffers.
-    _, shares = rewards.majority_labels(exp.task, ro.completions, cfg.group_size)
-    history.append({'iteration': it + 1, 'majority_share': float(shares.mean()), **host,
-                    **metrics.to_python(step_metrics)})
+    history.append({'iteration': it + 1, 'majority_share': float(np.concatenate(shares).mean()),
+                    **host, **logged})
   selection = _answer(exp, sampler, problems, answer_n, cfg.temperature, cfg.max_new_tokens, seed)
   return Adapted(selection, history, samples, tokens, cfg.num_iterations * cfg.epochs)
+
+
+def accuracy_at_k(exp: Experiment, sampler: sampling.Sampler, problems: Sequence[Problem],
+                  k: int, *, temperature: float, max_new_tokens: int,
+                  seed: int = 0) -> dict[str, float]:
+  """The TTRL paper's scores of the current model on labelled problems, over k samples each:
+  avg@k (the mean accuracy of single samples) and maj@k (the accuracy of their majority)."""
+  texts, _ = sampler.generate(exp.state.params, exp.tokenizer, [p.prompt for p in problems],
+                              max_new_tokens=max_new_tokens,
+                              strategy=sampling.Temperature(temperature), n=k, seed=seed)
+  verified = [[float(exp.task.verify(p, c) >= 1.0) for c in group]
+              for p, group in zip(problems, texts)]
+  return {f'avg@{k}': float(np.mean(verified)),
+          f'maj@{k}': float(metrics.maj_at_k(exp.task, problems, texts, k, verified).mean())}
