@@ -6,6 +6,7 @@ weak tiny model (100 SFT steps on reversal, shared by the module) checks the rea
 """
 
 import collections
+import dataclasses
 
 import ml_collections
 import numpy as np
@@ -318,3 +319,60 @@ def test_test_time_sft_makes_the_model_agree_with_its_majority_without_labels(we
   # +0.2 over seeds), so only a loss is ruled out here.
   assert second['majority_share'] >= first['majority_share'] + 0.05, result.history
   assert after[0] >= before[0] - 0.03, (before, after)
+
+
+class _FixedSamples:
+  """A sampler whose `generate` returns given completions (k per prompt)."""
+
+  def __init__(self, texts):
+    self.texts = texts
+
+  def generate(self, params, tokenizer, prompts, *, n, **_):
+    del params, tokenizer
+    assert len(prompts) == len(self.texts) and all(len(t) == n for t in self.texts)
+    return self.texts, None
+
+
+def test_accuracy_at_k_is_the_ttrl_papers_avg_and_maj():
+  problems = [Problem('ab>', 'ba', 2), Problem('cd>', 'dc', 2), Problem('ee>', 'ee', 2)]
+  texts = [['ba', 'ab', 'ba', 'x'],  # 2/4 right, majority right
+           ['cd', 'cd', 'dc', 'dc'],  # 2/4 right, tie -> first seen ('cd') wrong
+           ['ee', 'e', 'e', 'ee']]  # 2/4 right, tie -> first seen right
+  exp = type('Exp', (), {'state': type('S', (), {'params': None}), 'tokenizer': None,
+                         'task': REVERSE})
+  got = test_time.accuracy_at_k(exp, _FixedSamples(texts), problems, 4, temperature=1.0,
+                                max_new_tokens=4)
+  assert got == {'avg@4': 0.5, 'maj@4': 2 / 3}
+
+
+def test_ttrl_config_refuses_a_vote_smaller_than_the_training_group():
+  with pytest.raises(ValueError, match='vote_size=4 < group_size=8'):
+    test_time.TTRLConfig(group_size=8, vote_size=4)
+  with pytest.raises(ValueError, match="TTRLConfig.reward='judge'"):
+    test_time.TTRLConfig(reward='judge')
+
+
+@pytest.mark.xdist_group('refine_weak')
+def test_ttrl_votes_over_more_samples_than_it_trains_on_and_the_upper_bound_reads_labels(weak):
+  """One iteration each, shaped as the TTRL test above trains (16 x 8 rows) and as it answers,
+  so the compiled programs are shared."""
+  _, tt, initial, sampler = weak
+  problems = _frontier(tt, seed=9)[:16]
+  cfg = test_time.TTRLConfig(num_iterations=1, prompts_per_iteration=16, group_size=8,
+                             vote_size=16, max_new_tokens=MAX_NEW)
+  step_fn = test_time.ttrl_step(tt, cfg)
+  run = lambda probs, c: test_time.ttrl(tt, probs, c, answer_n=16, sampler=sampler,
+                                        step_fn=step_fn)
+  tt.state = rounds.frozen_copy(initial)
+  result = run([LabelTrap(p) for p in problems], cfg)
+  assert result.samples == 16 * 16 and result.updates == 1  # Voted over 16 per problem ...
+  assert result.history[0]['weight'] == 16 * 8  # ... trained on 8 (sequences).
+  labelled = dataclasses.replace(cfg, reward='verifiable')
+  tt.state = rounds.frozen_copy(initial)
+  with pytest.raises(AssertionError, match='read a reference answer'):
+    run([LabelTrap(p) for p in problems], labelled)
+  tt.state = rounds.frozen_copy(initial)  # Labels of other problems: the verifier says 0.
+  shifted = [Problem(p.prompt, problems[(i + 1) % 16].answer, p.difficulty)
+             for i, p in enumerate(problems)]
+  assert run(shifted, labelled).history[0]['reward_mean'] == 0
+  assert result.history[0]['reward_mean'] > 0  # The vote rewards agreement.
