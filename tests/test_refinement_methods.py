@@ -16,7 +16,7 @@ from configs import grpo_addition
 from si_jax import experiment, sampling
 from si_jax.evaluation import metrics
 from si_jax.optimization import rounds
-from si_jax.refinement import self_refine, test_time, tree_search
+from si_jax.refinement import adaptation, self_refine, tree_search
 from si_jax.tasks import Problem, StringTask
 from si_jax.tasks.arithmetic import MultiplicationTask
 from si_jax.tokenizers import Tokenizer
@@ -286,9 +286,9 @@ def test_ttrl_raises_maj_at_n_on_unlabeled_test_problems(weak):
   tt.state = rounds.frozen_copy(initial)
   problems = _frontier(tt, seed=7)
   before = _maj(tt, sampler, problems)
-  cfg = test_time.TTRLConfig(num_iterations=30, prompts_per_iteration=16, group_size=8,
+  cfg = adaptation.TTRLConfig(num_iterations=30, prompts_per_iteration=16, group_size=8,
                              max_new_tokens=MAX_NEW)
-  result = test_time.ttrl(tt, [LabelTrap(p) for p in problems], cfg, answer_n=16, seed=0,
+  result = adaptation.ttrl(tt, [LabelTrap(p) for p in problems], cfg, answer_n=16, seed=0,
                           sampler=sampler)
   after = _maj(tt, sampler, problems)
   print('TTRL maj@4, maj@16:', before, '->', after)
@@ -306,9 +306,9 @@ def test_test_time_sft_makes_the_model_agree_with_its_majority_without_labels(we
   tt.state = rounds.frozen_copy(initial)
   problems = _frontier(tt, seed=8)
   before = _maj(tt, sampler, problems)
-  cfg = test_time.SFTConfig(num_rounds=2, group_size=8, sft_steps=8, batch_size=32,
+  cfg = adaptation.SFTConfig(num_rounds=2, group_size=8, sft_steps=8, batch_size=32,
                             max_new_tokens=MAX_NEW)
-  result = test_time.sft(tt, [LabelTrap(p) for p in problems], cfg, answer_n=16, seed=0,
+  result = adaptation.sft(tt, [LabelTrap(p) for p in problems], cfg, answer_n=16, seed=0,
                          sampler=sampler)
   after = _maj(tt, sampler, problems)
   print('test-time SFT maj@4, maj@16:', before, '->', after)
@@ -340,16 +340,16 @@ def test_accuracy_at_k_is_the_ttrl_papers_avg_and_maj():
            ['ee', 'e', 'e', 'ee']]  # 2/4 right, tie -> first seen right
   exp = type('Exp', (), {'state': type('S', (), {'params': None}), 'tokenizer': None,
                          'task': REVERSE})
-  got = test_time.accuracy_at_k(exp, _FixedSamples(texts), problems, 4, temperature=1.0,
+  got = adaptation.accuracy_at_k(exp, _FixedSamples(texts), problems, 4, temperature=1.0,
                                 max_new_tokens=4)
   assert got == {'avg@4': 0.5, 'maj@4': 2 / 3}
 
 
 def test_ttrl_config_refuses_a_vote_smaller_than_the_training_group():
   with pytest.raises(ValueError, match='vote_size=4 < group_size=8'):
-    test_time.TTRLConfig(group_size=8, vote_size=4)
+    adaptation.TTRLConfig(group_size=8, vote_size=4)
   with pytest.raises(ValueError, match="TTRLConfig.reward='judge'"):
-    test_time.TTRLConfig(reward='judge')
+    adaptation.TTRLConfig(reward='judge')
 
 
 @pytest.mark.xdist_group('refine_weak')
@@ -358,10 +358,10 @@ def test_ttrl_votes_over_more_samples_than_it_trains_on_and_the_upper_bound_read
   so the compiled programs are shared."""
   _, tt, initial, sampler = weak
   problems = _frontier(tt, seed=9)[:16]
-  cfg = test_time.TTRLConfig(num_iterations=1, prompts_per_iteration=16, group_size=8,
+  cfg = adaptation.TTRLConfig(num_iterations=1, prompts_per_iteration=16, group_size=8,
                              vote_size=16, max_new_tokens=MAX_NEW)
-  step_fn = test_time.ttrl_step(tt, cfg)
-  run = lambda probs, c: test_time.ttrl(tt, probs, c, answer_n=16, sampler=sampler,
+  step_fn = adaptation.ttrl_step(tt, cfg)
+  run = lambda probs, c: adaptation.ttrl(tt, probs, c, answer_n=16, sampler=sampler,
                                         step_fn=step_fn)
   tt.state = rounds.frozen_copy(initial)
   result = run([LabelTrap(p) for p in problems], cfg)

@@ -25,7 +25,7 @@ from configs import grpo_addition
 from experiments import report
 from si_jax import experiment, sampling
 from si_jax.optimization import rounds
-from si_jax.refinement import test_time
+from si_jax.refinement import adaptation
 
 FLAGS = flags.FLAGS
 BASE_STEPS = 100
@@ -57,15 +57,15 @@ def run_seed(seed: int, root: str) -> list[dict]:
   initial = tt.state.replace(params=rounds.frozen_copy(base.state.params))
   sampler = sampling.Sampler(tt.model, tt.mesh)
   test = tt.task.generate(seed=1000 + seed, n=64, difficulty=5)
-  score = lambda: test_time.accuracy_at_k(tt, sampler, test, K, temperature=1.0,
+  score = lambda: adaptation.accuracy_at_k(tt, sampler, test, K, temperature=1.0,
                                           max_new_tokens=10, seed=seed + 77)
   tt.state = rounds.frozen_copy(initial)
   rows = [{'seed': seed, 'arm': 'base', **score()}]
   for arm, reward in (('ttrl', 'majority'), ('rl with labels', 'verifiable')):
-    cfg = test_time.TTRLConfig(num_iterations=FLAGS.iterations, prompts_per_iteration=16,
+    cfg = adaptation.TTRLConfig(num_iterations=FLAGS.iterations, prompts_per_iteration=16,
                                group_size=FLAGS.group, vote_size=FLAGS.vote, reward=reward)
     tt.state = rounds.frozen_copy(initial)
-    out = test_time.ttrl(tt, test, cfg, answer_n=K, seed=seed, sampler=sampler)
+    out = adaptation.ttrl(tt, test, cfg, answer_n=K, seed=seed, sampler=sampler)
     rows.append({'seed': seed, 'arm': arm, **score(),
                  'majority_share_first': out.history[0]['majority_share'],
                  'majority_share_last': out.history[-1]['majority_share']})

@@ -1,4 +1,4 @@
-"""The GRPO update of a rollout, shared by online RL (online_rl.py) and TTRL (test_time.py).
+"""The GRPO update of a rollout, shared by online RL (online_rl.py) and TTRL (refinement/adaptation.py).
 
 One iteration of either loop is: `collect` a rollout and its rewards (DAPO's soft overlong
 punishment and dynamic sampling happen here) -> `update` (advantages, masks, optional reference
