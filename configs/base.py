@@ -18,6 +18,30 @@ def get_config() -> ml_collections.ConfigDict:
   c.init_from_hf = ''
   c.tokenizer_extra_chars = ''  # Characters beyond the task's alphabet (e.g. a judge template's).
 
+  # --- Task: si_jax/tasks; experiments replace this section with their task's fields. ---
+  c.task = ml_collections.ConfigDict()
+  c.task.name = 'reverse'  # A name of si_jax.tasks.get_task; the other fields are its kwargs.
+
+  # --- Labelled data of the SFT phase (si_jax/train.py, si_jax/layout.py). ---
+  c.data = ml_collections.ConfigDict()
+  c.data.seq_len = 32  # Tokens per row: bos + prompt + answer + eos must fit.
+  # > 0: a fixed labelled seed set of this many problems (the only labels of a self-improvement
+  # run), drawn once from [seed, 0]; 0: fresh labelled problems every step.
+  c.data.seed_set_size = 0
+  c.data.difficulty_weights = ()  # The seed set's mix over the task's levels; () is uniform.
+  c.data.seed_validation_size = 0  # Held out of the seed set: monitors and control tuning.
+
+  # --- The SFT phase: the SFT job, or the base phase of a GRO job (si_jax/train.py). ---
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 1000  # Optimizer steps.
+  c.train.batch_size = 64  # Rows per step.
+  c.train.log_every = 100  # Progress-bar and metrics.jsonl period.
+  c.train.eval_size = 256  # Held-out problems for the final greedy exact-match accuracy.
+  # A GRO job's base phase (run when init_from is empty) trains with these instead of
+  # config.optimizer's, which belong to the job's own updates.
+  c.base_learning_rate = 1e-3  # Peak learning rate of the base phase.
+  c.base_schedule = 'cosine'  # Its schedule (config.optimizer.schedule's choices).
+
   # --- Model: si_jax.models.TransformerConfig fields (REF-25M, Llama-style, by default). ---
   c.model = ml_collections.ConfigDict()
   c.model.vocab_size = 1024  # >= tokenizer pieces; checked at start-up.

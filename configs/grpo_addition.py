@@ -27,11 +27,9 @@ def get_config(algorithm: str = 'grpo') -> ml_collections.ConfigDict:
   c.task.name = 'addition_reversed'  # A task of si_jax/tasks with a verifier.
   c.task.min_digits = 1  # Easiest level.
   c.task.max_digits = 4  # Hardest level.
-
-  c.data = ml_collections.ConfigDict()
   c.data.seq_len = 24  # Base SFT phase: bos + prompt + answer + eos fits.
 
-  c.train = ml_collections.ConfigDict()  # The base SFT phase (only labels of the run).
+  # The base SFT phase (only labels of the run).
   c.train.num_steps = 500  # A weak base model (~25% greedy accuracy).
   c.train.batch_size = 64  # Sequences per SFT step.
   c.train.log_every = 50  # Metrics period.

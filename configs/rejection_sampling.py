@@ -22,11 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.task.letters = 'abcdefghij'  # Alphabet of the strings.
   c.task.min_len = 1  # Shortest string.
   c.task.max_len = 8  # Longest string.
-
-  c.data = ml_collections.ConfigDict()
   c.data.seq_len = 24  # SFT length: bos + prompt (<= 9) + completion (<= max_new_tokens) + eos.
 
-  c.train = ml_collections.ConfigDict()  # The base SFT phase: the only labels of the run.
+  # The base SFT phase: the only labels of the run.
   c.train.num_steps = 60  # A weak base model.
   c.train.batch_size = 64  # Sequences per base SFT step.
   c.train.log_every = 20  # Metrics period.

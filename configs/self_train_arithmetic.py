@@ -25,9 +25,10 @@ from configs import base
 
 
 def get_config(variant: str = '') -> ml_collections.ConfigDict:
-  """variant: '' (the main job) or 'small' (--config=configs/self_train_arithmetic.py:small)."""
-  if variant not in ('', 'small'):
-    raise ValueError(f"self_train_arithmetic variant {variant!r}: use '' or 'small'")
+  """variant: '' (the main job), 'small' (its acceptance-test size, about 4 minutes) or 'tiny'
+  (seconds: tests and the notebook), e.g. --config=configs/self_train_arithmetic.py:small."""
+  if variant not in ('', 'small', 'tiny'):
+    raise ValueError(f"self_train_arithmetic variant {variant!r}: use '', 'small' or 'tiny'")
   c = base.get_config()
   c.job = 'self_train'
   c.workdir = '/tmp/si_jax/self_train_arithmetic'
@@ -37,14 +38,12 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.task.min_digits = 2  # Easiest level (1-digit sums are too few for fresh benchmarks).
   c.task.max_digits = 5  # Hardest level.
   c.task.pad_operands = True  # Zero-pad both operands to the level's width (one layout a level).
-
-  c.data = ml_collections.ConfigDict()
   c.data.seq_len = 24  # bos + 'a+b=' + answer + eos (model samples longer than that are cut).
   c.data.seed_set_size = 6000  # The labelled seed set: the only labels of the run.
   c.data.difficulty_weights = (1.0, 1.0, 1.0, 0.08)  # Seed set mix: ~150 of the hardest level.
   c.data.seed_validation_size = 300  # Held out of the seed set: monitors and control tuning.
 
-  c.train = ml_collections.ConfigDict()  # The base phase: SFT on the seed set.
+  # The base phase: SFT on the seed set.
   c.train.num_steps = 1000  # A base with a foothold at level 5 on some seeds, none on others.
   c.train.batch_size = 64
   c.train.log_every = 100
@@ -100,7 +99,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.base_schedule = 'wsd'  # Hold the peak, anneal over the last 20%.
   c.checkpoint.async_save = False
   c.checkpoint.max_to_keep = 20  # Every round's checkpoint: the controller may roll back.
-  return shrink(c) if variant == 'small' else c
+  return {'': lambda c: c, 'small': shrink, 'tiny': tiny}[variant](c)
 
 
 def shrink(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -121,4 +120,24 @@ def shrink(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.loop.top_level_share, c.loop.train_rewrites = 1.0, True
   c.loop.control_arm.learning_rates, c.loop.control_arm.schedules = (1e-3, 2e-3), ('cosine',)
   c.optimizer.learning_rate = 1e-3
+  return c
+
+
+def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The loop shrunk to seconds, on string reversal (a base learns it in a few hundred steps;
+  3-5 letters leave every level enough distinct problems for fresh benchmarks): what the tests
+  and the notebook run. Not a result: too small to say anything about self-improvement."""
+  c.workdir = '/tmp/si_jax/self_train_tiny'
+  c.task = {'name': 'reverse', 'letters': 'abcdefghij', 'min_len': 3, 'max_len': 5}
+  c.data.seq_len = 16
+  c.data.seed_set_size, c.data.difficulty_weights = 1000, (1.0, 1.0, 1.0)
+  c.data.seed_validation_size = 128
+  c.loop.control_arm.learning_rates, c.loop.control_arm.schedules = (2e-3,), ('constant',)
+  c.train.num_steps, c.train.eval_size, c.train.log_every = 80, 64, 40
+  c.model.num_layers = 2
+  c.base_learning_rate, c.base_schedule = 1e-2, 'cosine'
+  c.optimizer.warmup_steps = 2  # Of each round's 10-step cycle.
+  c.loop.num_rounds, c.loop.problems_per_round, c.loop.group_size = 2, 64, 4
+  c.loop.max_new_tokens, c.loop.sft_steps, c.loop.batch_size = 6, 10, 32
+  c.loop.eval_per_difficulty = 32
   return c

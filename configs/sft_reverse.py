@@ -10,7 +10,10 @@ import ml_collections
 from configs import base
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(variant: str = '') -> ml_collections.ConfigDict:
+  """variant: '' (the demo) or 'tiny' (seconds, for tests: not trained enough to learn)."""
+  if variant not in ('', 'tiny'):
+    raise ValueError(f"sft_reverse variant {variant!r}: use '' or 'tiny'")
   c = base.get_config()
   c.job = 'sft'
   c.workdir = '/tmp/si_jax/sft_reverse'
@@ -20,11 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.task.letters = 'abcdefghij'  # Alphabet of the strings.
   c.task.min_len = 1  # Shortest string (difficulty 1).
   c.task.max_len = 8  # Longest string.
-
-  c.data = ml_collections.ConfigDict()
   c.data.seq_len = 20  # bos + prompt + '>' + answer + eos fits: 1 + 9 + 8 + 1 = 19.
-
-  c.train = ml_collections.ConfigDict()
   c.train.num_steps = 600  # Optimizer steps.
   c.train.batch_size = 64  # Sequences per step (fresh random problems every step).
   c.train.log_every = 100  # Progress-bar metrics period.
@@ -43,4 +42,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.warmup_steps = 100
   c.optimizer.weight_decay = 0.0
   c.checkpoint.every_steps = 1000
+  if variant == 'tiny':
+    c.train.num_steps, c.train.batch_size, c.train.log_every, c.train.eval_size = 20, 16, 10, 32
+    c.model.d_model, c.model.head_dim, c.model.mlp_dim = 64, 16, 192
+    c.optimizer.learning_rate, c.optimizer.warmup_steps = 1e-2, 50
+    c.checkpoint.every_steps, c.checkpoint.async_save = 10, False
   return c

@@ -13,7 +13,8 @@ import re
 _COUNT = re.compile(r'(^num_|_size$|_steps$|_every$|_per_|_len$|^batch|^max_|_rounds$|'
                     r'_iterations$|_samples$|_tokens$)')
 _SHARE = re.compile(r'(_fraction$|_ratio$|_share$|^min_agreement$)')
-ZERO_MEANS_OFF = {'optimizer.restart_every', 'optimizer.warmup_steps'}
+ZERO_MEANS_OFF = {'optimizer.restart_every', 'optimizer.warmup_steps', 'data.seed_set_size',
+                  'data.seed_validation_size'}
 AT_LEAST = {'rl.group_size': (2, 'GRPO compares the samples of a group: with one, every '
                                  'advantage is 0 and nothing is learned')}
 POSITIVE = {'optimizer.learning_rate', 'base_learning_rate'}

@@ -90,9 +90,9 @@ def setup(config, total_steps: int) -> Experiment:
   model_cfg = models.TransformerConfig.from_config_dict(config.model)
   task = make_task(config)
   workdir = config.workdir
-  init_from = config.get('init_from', '')
+  init_from = config.init_from
   os.makedirs(workdir, exist_ok=True)
-  tokenizer = _tokenizer(task, workdir, init_from, config.get('tokenizer_extra_chars', ''))
+  tokenizer = _tokenizer(task, workdir, init_from, config.tokenizer_extra_chars)
   tokenizer.check_model_vocab(model_cfg.vocab_size)
 
   tx, schedule = optimizers.make_optimizer(config.optimizer, total_steps)

@@ -26,7 +26,7 @@ def seed_set(config, task) -> list:
   """The labelled seed set of config.data (seed_set_size problems, difficulty_weights mix)."""
   data = config.data
   return task.sample([config.seed, 0], data.seed_set_size,
-                     data.get('difficulty_weights', None))
+                     data.difficulty_weights)
 
 
 def seed_split(config, task) -> tuple[list, list]:
@@ -35,7 +35,7 @@ def seed_split(config, task) -> tuple[list, list]:
   training split also holds. The validation slice is where a label-free loop may still read
   labels: they were paid for with the seed set, and no round's own problem is among them."""
   problems = seed_set(config, task)
-  n_train = len(problems) - config.data.get('seed_validation_size', 0)
+  n_train = len(problems) - config.data.seed_validation_size
   train_split = problems[:n_train]
   seen = {p.prompt for p in train_split}
   return train_split, [p for p in problems[n_train:] if p.prompt not in seen]
@@ -62,7 +62,7 @@ def run(config) -> dict:
   writer, ckpt = exp.writer, exp.ckpt
   first_step, num_steps = int(state.step), config.train.num_steps
   writer.rewind(first_step)
-  pool = seed_split(config, task)[0] if config.data.get('seed_set_size', 0) else None
+  pool = seed_split(config, task)[0] if config.data.seed_set_size else None
   try:  # Close (wait for pending async saves) even when interrupted.
     bar = tqdm.trange(first_step, num_steps, initial=first_step, total=num_steps, desc='sft')
     for step in bar:
@@ -103,9 +103,8 @@ def warm_start(config) -> str:
   with base_config.unlocked():
     base_config.job = 'sft'
     base_config.workdir = os.path.join(config.workdir, 'base')
-    base_config.optimizer.schedule = config.get('base_schedule', 'cosine')
-    base_config.optimizer.learning_rate = config.get('base_learning_rate',
-                                                     config.optimizer.learning_rate)
+    base_config.optimizer.schedule = config.base_schedule
+    base_config.optimizer.learning_rate = config.base_learning_rate
     base_config.optimizer.warmup_steps = max(1, config.train.num_steps // 10)
   run(base_config)
   return base_config.workdir

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from si_jax import checkpoint, main  # pylint: disable=wrong-import-position
 from si_jax.optimization import stage as optimization_stage  # pylint: disable=wrong-import-position
-from tests.test_lifecycle import tiny_loop_config  # pylint: disable=wrong-import-position
+from tests.helpers import tiny_loop_config  # pylint: disable=wrong-import-position
 
 
 def _die():

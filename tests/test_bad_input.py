@@ -18,7 +18,7 @@ from si_jax.data import store as store_lib
 from si_jax.optimization import grpo, grpo_update
 from si_jax.sampling.sampler import Sampler
 from si_jax.tokenizers import Tokenizer
-from tests.conftest import tiny_model_config
+from tests.helpers import tiny_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

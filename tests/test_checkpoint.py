@@ -8,7 +8,7 @@ import pytest
 from configs import base
 from si_jax import checkpoint, optimizers, sharding, train, train_state
 from si_jax.tokenizers import Tokenizer
-from tests.conftest import tiny_model_config, tiny_sft_config
+from tests.helpers import tiny_model_config, tiny_sft_config
 
 
 def _assert_trees_equal(a, b):

@@ -11,7 +11,7 @@ from si_jax.data.store import DataStore
 from si_jax.evaluation import benchmark, contamination, interactive, metrics, monitors
 from si_jax.tasks.base import Problem
 from si_jax.tokenizers import Tokenizer
-from tests.conftest import tiny_model_config
+from tests.helpers import tiny_model_config
 
 REVERSE = tasks.get_task('reverse')
 

@@ -13,7 +13,7 @@ from experiments.rl import versus_sft
 from si_jax import experiment, sampling, train
 from si_jax.evaluation import accuracy
 from si_jax.optimization import online_rl
-from tests.conftest import data_parallel
+from tests.helpers import data_parallel
 
 
 def reverse_config(workdir: str) -> ml_collections.ConfigDict:

@@ -9,7 +9,7 @@ import pytest
 from configs import base
 from si_jax import optimizers, sharding, tasks, train_state
 from si_jax.optimization import grpo, grpo_update, preference, rollout, train_step
-from tests.conftest import tiny_model_config
+from tests.helpers import tiny_model_config
 
 RNG = np.random.default_rng(0)
 B, P, N = 8, 5, 6

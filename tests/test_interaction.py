@@ -8,7 +8,7 @@ from si_jax.data import store
 from si_jax.tasks.base import Problem
 from si_jax.tasks.code import CodeTask
 from si_jax.tokenizers import Tokenizer
-from tests.conftest import tiny_model_config
+from tests.helpers import tiny_model_config
 
 TASK = CodeTask()
 PROBLEM = Problem(prompt='# Write f(x): multiply x by 3, then add 2 to it.\ndef f(x):\n',

@@ -13,30 +13,7 @@ from si_jax import experiment, lifecycle, main, report, train
 from si_jax.data.store import DataStore
 from si_jax.evaluation import stage as evaluation_stage
 from si_jax.optimization import stage as optimization_stage
-from tests.conftest import data_parallel
-
-
-def tiny_loop_config(workdir: str, **loop_overrides):
-  """The main job's loop shrunk to seconds, on string reversal (a base learns it in a few
-  hundred steps; 3-5 letters leave every level enough distinct problems for fresh benchmarks)."""
-  c = self_train_arithmetic.get_config()
-  c.workdir = workdir
-  c.task = {'name': 'reverse', 'letters': 'abcdefghij', 'min_len': 3, 'max_len': 5}
-  c.data.seq_len = 16
-  c.data.seed_set_size, c.data.difficulty_weights = 1000, (1.0, 1.0, 1.0)
-  c.data.seed_validation_size = 128
-  c.loop.control_arm.learning_rates, c.loop.control_arm.schedules = (2e-3,), ('constant',)
-  c.train.num_steps, c.train.eval_size, c.train.log_every = 80, 64, 40
-  c.model.num_layers = 2
-  c.base_learning_rate, c.base_schedule = 1e-2, 'cosine'
-  c.optimizer.warmup_steps = 2  # Of each round's 10-step cycle.
-  data_parallel(c)
-  loop = dict(num_rounds=2, problems_per_round=64, group_size=4, max_new_tokens=6,
-              sft_steps=10, batch_size=32, eval_per_difficulty=32)
-  loop.update(loop_overrides)
-  for key, value in loop.items():
-    c.loop[key] = value
-  return c
+from tests.helpers import data_parallel, tiny_loop_config
 
 
 def shrunken_main_job(workdir: str):

@@ -8,7 +8,7 @@ import pytest
 
 from si_jax import models
 from si_jax.optimization import grpo, preference
-from tests.conftest import tiny_model_config
+from tests.helpers import tiny_model_config
 
 RNG = np.random.default_rng(0)
 

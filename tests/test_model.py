@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from si_jax import models
-from tests.conftest import tiny_model_config
+from tests.helpers import tiny_model_config
 
 forward = jax.jit(models.forward, static_argnums=0)
 forward_with_cache = jax.jit(models.forward_with_cache, static_argnums=0)

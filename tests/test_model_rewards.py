@@ -15,7 +15,7 @@ from si_jax.optimization import judge
 from si_jax.optimization.train_step import make_train_step
 from si_jax.tokenizers import Tokenizer
 from si_jax.train_state import TrainState
-from tests.conftest import tiny_model_config
+from tests.helpers import tiny_model_config
 
 LETTERS = 'abcdefghij'
 forward = jax.jit(models.forward, static_argnums=0)  # Jitted references: eager ops compile slowly.

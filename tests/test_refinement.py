@@ -13,7 +13,7 @@ from si_jax.refinement import speculative, voting
 from si_jax.sampling import strategies
 from si_jax.tasks.arithmetic import AdditionTask
 from si_jax.tokenizers import Tokenizer
-from tests.conftest import tiny_model_config
+from tests.helpers import tiny_model_config
 
 TASK = AdditionTask()
 PROMPT = [2, 5, 9, 7]

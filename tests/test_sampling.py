@@ -9,7 +9,7 @@ from scipy import stats
 from si_jax import models, sampling, sharding
 from si_jax.sampling import strategies
 from si_jax.tokenizers import Tokenizer
-from tests.conftest import tiny_model_config
+from tests.helpers import tiny_model_config
 
 PROMPTS = [[2, 5, 6, 7, 8, 9, 10], [2, 11], [2, 12, 13, 14]]
 

@@ -18,7 +18,7 @@ from si_jax.sampling import score
 from si_jax.selection import adaptive, scores, selectors
 from si_jax.selection import stage as selection_stage
 from si_jax.tokenizers import Tokenizer
-from tests.conftest import tiny_model_config
+from tests.helpers import tiny_model_config
 
 PAIRS = [('ab>', 'jihg'), ('cdef>', 'fe'), ('a>', 'bbbbbbb'), ('jihgfedcba>', 'a'),
          ('ccc>', 'ddd'), ('bd>', 'hij'), ('e>', 'gg'), ('fa>', 'cabbage'), ('hh>', 'i'),

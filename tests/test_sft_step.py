@@ -12,7 +12,7 @@ from configs import base
 from si_jax import layout, optimizers, sharding, tasks, train, train_state
 from si_jax.optimization import sft, train_step
 from si_jax.tokenizers import Tokenizer
-from tests.conftest import data_parallel, tiny_model_config, tiny_sft_config
+from tests.helpers import data_parallel, tiny_model_config, tiny_sft_config
 
 
 @pytest.fixture(scope='module')

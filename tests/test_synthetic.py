@@ -6,7 +6,7 @@ import pytest
 from si_jax import models, sampling, tasks
 from si_jax.acquisition import synthetic
 from si_jax.tokenizers import Tokenizer
-from tests.conftest import tiny_model_config
+from tests.helpers import tiny_model_config
 
 SEEDS = ['12+34=', '5+678=', '90+1=', '3+3=']
 
