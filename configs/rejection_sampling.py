@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.task.min_len = 1  # Shortest string.
   c.task.max_len = 8  # Longest string.
   c.data.seq_len = 24  # SFT length: bos + prompt (<= 9) + completion (<= max_new_tokens) + eos.
+  c.data.seed_set_size = 512  # The labelled seed set: the base phase's only labels.
 
   # The base SFT phase: the only labels of the run.
   c.train.num_steps = 60  # A weak base model.

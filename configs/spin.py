@@ -17,7 +17,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.gro = ml_collections.ConfigDict()
   c.gro.num_rounds = 3  # Self-play iterations.
-  c.gro.problems_per_round = 256  # SFT-data prompts answered by the previous iteration.
+  c.gro.fixed_sft_set = True  # The same SFT data (the base's seed set) every iteration.
+  c.gro.problems_per_round = 512  # Seed-set examples answered by the previous iteration.
   c.gro.max_new_tokens = 10  # Completion budget.
   c.gro.temperature = 0.0  # 0: greedy self answers (as in SPIN); > 0 samples them.
   c.gro.beta = 0.1  # β of SPIN's logistic loss.

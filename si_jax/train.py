@@ -48,6 +48,18 @@ def _batch_problems(config, task, step: int, pool):
   return [pool[i] for i in rng.integers(0, len(pool), config.train.batch_size)]
 
 
+def _prompts(config, task, step: int, problems) -> list[str]:
+  """The batch's prompts; with data.hint_fraction > 0 that fraction carries the final answer as
+  a hint (data.hint_template): STaR's hinted few-shot exemplars, from which the model learns to
+  rationalize (write the steps to a given answer). The target is the full answer either way."""
+  fraction = config.data.get('hint_fraction', 0.0)
+  if not fraction:
+    return [p.prompt for p in problems]
+  hinted = np.random.default_rng([config.seed, 2, step]).random(len(problems)) < fraction
+  return [task.hinted_prompt(p, config.data.hint_template) if h else p.prompt
+          for p, h in zip(problems, hinted)]
+
+
 def run(config) -> dict:
   """Trains per `config` (see configs/sft_reverse.py) and returns the final metrics."""
   # --- Setup: mesh, task, tokenizer, sharded state (resumed or warm-started) ---
@@ -67,7 +79,7 @@ def run(config) -> dict:
     bar = tqdm.trange(first_step, num_steps, initial=first_step, total=num_steps, desc='sft')
     for step in bar:
       problems = _batch_problems(config, task, step, pool)
-      batch = layout.sft_rows(tokenizer, [p.prompt for p in problems],
+      batch = layout.sft_rows(tokenizer, _prompts(config, task, step, problems),
                                  [p.answer for p in problems], config.data.seq_len)
       state, step_metrics = step_fn(state, sharding.shard_batch(batch, mesh))
       if (step + 1) % config.train.log_every == 0 or step + 1 == num_steps:

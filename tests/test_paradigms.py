@@ -3,14 +3,16 @@
 import functools
 import importlib
 import os
+import types
 
-
+import jax
 import numpy as np
 import pytest
 
 from configs import rejection_sampling as rs_config
-from si_jax import experiment, main, sampling, train
-from si_jax.optimization import preference, rounds
+from si_jax import experiment, main, sampling, tasks, tokenizers, train
+from si_jax.optimization import (preference, rejection_sampling, rollout, rounds, self_play,
+                                 self_rewarding)
 
 
 @pytest.fixture(scope='module')
@@ -38,6 +40,8 @@ def _tiny(config, workdir):
 @pytest.mark.parametrize('name', ['grpo_addition', 'rejection_sampling', 'self_rewarding', 'spin'])
 def test_config_runs_end_to_end_and_writes_checkpoints(name, tmp_path):
   config = _tiny(importlib.import_module(f'configs.{name}').get_config(), str(tmp_path))
+  if name == 'self_rewarding':  # Two base steps write no well-formed prompt: draw them.
+    config.gro.prompts = 'task'
   result = main.run(config)
   assert os.listdir(tmp_path / 'base' / 'checkpoints')  # the base SFT phase ran first
   assert os.listdir(tmp_path / 'checkpoints')
@@ -45,7 +49,8 @@ def test_config_runs_end_to_end_and_writes_checkpoints(name, tmp_path):
   assert any(k.endswith('accuracy') for k in result), result
   if name == 'self_rewarding':  # the judge's agreement with the verifier is measured
     assert 0.0 <= result['round_1_judge_accuracy'] <= 1.0
-    assert result['round_1_judge_drift'] is False  # One round: nothing to drift from yet.
+    assert result['round_1_judge_drift'] == 0.0  # One round: nothing to drift from yet.
+    assert result['round_1_judge_drift_flag'] is False
 
 
 def test_grpo_with_the_self_judge_reward_runs(tmp_path):
@@ -98,3 +103,91 @@ def test_dpo_raises_the_margin_on_held_out_pairs(base_model, tmp_path):
   exp.ckpt.close()
   assert margin > 1.0, margin
 
+
+
+# --- Fidelity to the papers ------------------------------------------------------------------
+
+
+def test_rest_em_restart_is_a_fresh_fine_tuning_run(base_model, tmp_path):
+  """ReST-EM's M-step from the base: after `restart`, k steps give bit for bit the params k steps
+  from the base give in a fresh run (Adam moments and step reset); resetting only the params, as
+  before, does not."""
+  config = rs_config.get_config()
+  config.workdir, config.init_from = str(tmp_path), base_model
+  exp = experiment.setup(config, 8)
+  step_fn, base = rounds.sft_step(exp), rounds.base_params(exp)
+  problems = exp.task.sample([0, 9], 64)
+  data = [p.prompt for p in problems], [p.answer for p in problems]
+  fit = lambda state, seed: rounds.fit_sft(exp, step_fn, state, *data, num_steps=2, batch_size=16,
+                                           seed=seed, max_epochs=10)[0]
+  state = fit(exp.state, 0)  # A fresh run from the base (step 0, zero moments): donated.
+  want = rounds.frozen_copy(state.params)
+  state = fit(state, 1)  # Two more steps: moments and step move on.
+  assert int(state.step) == 4
+  state = fit(state.replace(params=rounds.frozen_copy(base)), 0)  # Params reset, moments kept.
+  kept_moments = rounds.frozen_copy(state.params)
+  exp.state = state
+  restart = rounds.restarter(exp)
+  restart(base)
+  assert int(exp.state.step) == 0
+  for leaf in jax.tree.leaves(exp.state.opt_state):
+    assert not np.any(np.asarray(leaf)), 'optimizer state not reset'
+  jax.tree.map(np.testing.assert_array_equal, fit(exp.state, 0).params, want)
+  assert any(np.any(np.asarray(a) != np.asarray(b))
+             for a, b in zip(jax.tree.leaves(kept_moments), jax.tree.leaves(want)))
+  exp.ckpt.close()
+
+
+def test_star_rationalization_keeps_the_models_rationale_without_the_hint(monkeypatch):
+  """Hints carry the final product only; the kept example is (prompt without the hint, the
+  rationale the model wrote), accepted when its product is right even if a step differs."""
+  task = tasks.get_task('multiplication_cot')
+  problems = [tasks.Problem('12*34=', task.solve('12*34='), 2),
+              tasks.Problem('7*8=', task.solve('7*8='), 1)]
+  written = {'408|12*34=': '84+063#408',  # A wrong partial product, the right product: kept.
+             '56|7*8=': '65#57'}  # A wrong product: dropped.
+  seen = []
+
+  def fake_rollout(sampler, params, tokenizer, hinted, *, group_size, **kwargs):
+    seen.extend(p.prompt for p in hinted)
+    return rollout.Rollout(problems=hinted, group_size=1, prompts=[p.prompt for p in hinted],
+                           completions=[written[p.prompt] for p in hinted], arrays={},
+                           finish_reason=None, sampler_logprobs=None)
+
+  monkeypatch.setattr(rollout, 'rollout', fake_rollout)
+  exp = types.SimpleNamespace(task=task, state=types.SimpleNamespace(params=None),
+                              tokenizer=None)
+  gro = types.SimpleNamespace(group_size=1, max_new_tokens=16, accept_threshold=1.0)
+  reward = lambda prompts, completions, answers: np.array(
+      [task.verify(tasks.Problem(p, a, 0), c) for p, c, a in zip(prompts, completions, answers)])
+  prompts, rationales = rejection_sampling.rationalize(
+      exp, None, reward, problems, set(), template='{answer}|{prompt}', gro=gro, strategy=None,
+      seed=0)
+  assert seen == ['408|12*34=', '56|7*8=']  # The product, never the written steps.
+  assert (prompts, rationales) == (['12*34='], ['84+063#408'])
+  assert rejection_sampling.rationalize(exp, None, reward, problems, {'12*34=', '7*8='},
+                                        template='', gro=gro, strategy=None, seed=0) == ([], [])
+
+
+def test_hint_template_is_checked(base_model):
+  config = rs_config.get_config()
+  tokenizer = tokenizers.Tokenizer.load(base_model)
+  for template, match in [('{answer}{prompt}{x}', 'exactly the fields'),
+                          ('{answer}@{prompt}', 'tokenizer_extra_chars')]:
+    config.data.hint_template = template
+    with pytest.raises(ValueError, match=match):
+      rejection_sampling.check_hint_template(config, tokenizer)
+
+
+def test_spin_plays_on_the_fixed_sft_set():
+  """SPIN's real data is the base's seed set, the same examples every iteration."""
+  config = importlib.import_module('configs.spin').get_config()
+  task = experiment.make_task(config)
+  data = self_play.sft_set(config, task)
+  assert len(data) == config.gro.problems_per_round
+  assert data == self_play.sft_set(config, task)
+  seed_set = {p.prompt for p in train.seed_split(config, task)[0]}
+  assert {p.prompt for p in data} <= seed_set
+  config.data.seed_set_size = 0
+  with pytest.raises(ValueError, match='seed_set_size'):
+    self_play.sft_set(config, task)

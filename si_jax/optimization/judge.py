@@ -7,6 +7,21 @@ token there:  s = p(yes) / (p(yes) + p(no)) = σ(z_yes - z_no)  with z the last-
 Nothing but the two verdict tokens matters, so the judge needs no calibration of the rest of
 the vocabulary.
 
+The additive judge (Yuan et al. 2024, Fig. 2) instead writes a score of 0-5 built from five
+criteria, each adding a point; its reward is the expected score under the model's distribution
+over the six score tokens, E[s] = Σ_k k p(k) / Σ_k p(k) (the paper averages N sampled
+judgements: this is their limit). The paper's prompt is English for a chat model; ours cannot
+read prose, so the criteria live in the EFT labels (`additive_score`) and the template only
+marks where the score goes. Adapted to a verifiable task, with r the reference's final answer
+and a the completion's extracted answer:
+  +1 relevant: the completion has an answer (the task extracts one);
+  +1 well-formed: the answer is plausible for the prompt (`task.plausible_answer`) and has r's
+     length;
+  +1 substantial: at least half of r's characters are right, in place;
+  +1 nearly right: all but at most one of r's characters are right, in place;
+  +1 correct: the task's verifier accepts the completion.
+Points accrue in order: a criterion is only scored when the previous ones hold.
+
 Our tokenizers are char-level over small alphabets: train the tokenizer on the task's alphabet
 plus `judge_alphabet(template)` and the `yes` / `no` characters, or the template encodes as unk.
 """
@@ -27,6 +42,9 @@ from si_jax.tokenizers import Tokenizer
 
 # The verdict is the next token after '?'; e.g. yes='y', no='n'.
 JUDGE_TEMPLATE = '{prompt}{completion}|ok?'
+# The additive judge's score (one of SCORE_TOKENS) follows '?'.
+ADDITIVE_TEMPLATE = '{prompt}{completion}|pts?'
+SCORE_TOKENS = '012345'
 
 
 def judge_alphabet(template: str = JUDGE_TEMPLATE) -> str:
@@ -53,38 +71,43 @@ def _verdict_token_ids(tokenizer: Tokenizer, template: str, yes: str, no: str) -
   return ids['yes'], ids['no']
 
 
-def _verdict_probs(model: models.Model, params, tokens_BxT, mask_BxT, yes_id, no_id):
-  """σ(z_yes - z_no) at the last position of left-padded judge prompts: [B] float32."""
+def _verdict_distribution(model: models.Model, params, tokens_BxT, mask_BxT, ids_K):
+  """softmax over just the K verdict tokens at the last position of left-padded judge prompts:
+  [B, K] float32 (the rest of the vocabulary does not count)."""
   mask = mask_BxT.astype(jnp.int32)
   positions = layout.positions(mask)
   logits_BxV = models.forward(model, params, tokens_BxT, mask, positions)[:, -1]
-  return jax.nn.sigmoid(logits_BxV[:, yes_id] - logits_BxV[:, no_id])
+  return jax.nn.softmax(logits_BxV[:, ids_K], axis=-1)
 
 
-# The model is static; the verdict ids are traced, so one program serves any (yes, no) pair.
-_verdict_probs_jit = jax.jit(_verdict_probs, static_argnums=0)
+# The model is static; the verdict ids are traced, so one program serves any set of K verdicts.
+_verdict_distribution_jit = jax.jit(_verdict_distribution, static_argnums=0)
+
+
+def _judge_distribution(model, params, tokenizer: Tokenizer, template: str, prompts, completions,
+                        ids: Sequence[int]) -> np.ndarray:
+  """[B, K] verdict distributions of the filled templates; one jitted forward, bucketed length
+  and batch (padding rows dropped), so a loop of calls compiles a handful of programs."""
+  if len(prompts) != len(completions) or not prompts:
+    raise ValueError(f'judge: need as many prompts ({len(prompts)}) as completions '
+                     f'({len(completions)}), at least one')
+  tokenizer.check_model_vocab(model.cfg.vocab_size)
+  texts = [template.format(prompt=p, completion=c) for p, c in zip(prompts, completions)]
+  tokens_ids = tokenizer.encode_batch(texts, bos=True)
+  b = len(tokens_ids)
+  tokens_ids += [[tokenizer.bos_id]] * (layout.bucket(b, minimum=1) - b)
+  tokens, mask = layout.left_pad(tokens_ids, layout.bucket(max(len(x) for x in tokens_ids)))
+  dist = _verdict_distribution_jit(model, params, tokens, mask, jnp.asarray(ids, jnp.int32))
+  return np.asarray(dist, np.float32)[:b]
 
 
 def verdict_scores(model: models.Model, params, tokenizer: Tokenizer, prompts: Sequence[str],
                    completions: Sequence[str], *, yes: str, no: str,
                    template: str = JUDGE_TEMPLATE) -> np.ndarray:
-  """p(yes) / (p(yes) + p(no)) of the verdict after each filled template: [B] in [0, 1].
-
-  One jitted forward; the length and the batch are bucketed (padding rows are dropped), so a
-  loop of calls compiles a handful of programs.
-  """
-  if len(prompts) != len(completions) or not prompts:
-    raise ValueError(f'verdict_scores: need as many prompts ({len(prompts)}) as completions '
-                     f'({len(completions)}), at least one')
+  """p(yes) / (p(yes) + p(no)) of the verdict after each filled template: [B] in [0, 1]."""
   yes_id, no_id = _verdict_token_ids(tokenizer, template, yes, no)
-  tokenizer.check_model_vocab(model.cfg.vocab_size)
-  texts = [template.format(prompt=p, completion=c) for p, c in zip(prompts, completions)]
-  ids = tokenizer.encode_batch(texts, bos=True)
-  b = len(ids)
-  ids += [[tokenizer.bos_id]] * (layout.bucket(b, minimum=1) - b)
-  tokens, mask = layout.left_pad(ids, layout.bucket(max(len(x) for x in ids)))
-  probs = _verdict_probs_jit(model, params, tokens, mask, jnp.int32(yes_id), jnp.int32(no_id))
-  return np.asarray(probs, np.float32)[:b]
+  return _judge_distribution(model, params, tokenizer, template, prompts, completions,
+                             (yes_id, no_id))[:, 0]
 
 
 @dataclasses.dataclass
@@ -138,3 +161,54 @@ def agreement(judge_scores, verified_rewards, threshold: float = 0.5) -> dict[st
           'precision': ratio(both, float(judged.sum())),
           'recall': ratio(both, float(verified.sum())),
           'n': judged.size}
+
+
+# --- The additive 5-point judge (Self-Rewarding LMs, Fig. 2) -------------------------------------
+
+
+def additive_score(task, problem, completion: str) -> int:
+  """The 5-point additive score of `completion` against `problem`'s reference (EFT labels)."""
+  answer = task.extract_answer(completion)
+  if answer is None:
+    return 0
+  reference = task.final_answer(problem.answer)
+  if not (task.plausible_answer(problem.prompt, answer) and len(answer) == len(reference)):
+    return 1
+  right = sum(a == b for a, b in zip(answer, reference))
+  if 2 * right < len(reference):
+    return 2
+  if right < len(reference) - 1:
+    return 3
+  return 5 if task.verify(problem, completion) == 1.0 else 4
+
+
+def _score_token_ids(tokenizer: Tokenizer, template: str) -> tuple[int, ...]:
+  ids = [tokenizer.encode(c) for c in SCORE_TOKENS]
+  missing = [c for c, i in zip(SCORE_TOKENS, ids) if i != [i[0]] or i[0] == tokenizer.unk_id]
+  missing += [c for c in judge_alphabet(template) if tokenizer.unk_id in tokenizer.encode(c)]
+  if missing:
+    raise ValueError(f'additive judge: characters {missing} of the score tokens '
+                     f'{SCORE_TOKENS!r} or the template {template!r} are not single known tokens '
+                     f'of the tokenizer: add them to config.tokenizer_extra_chars')
+  return tuple(i[0] for i in ids)
+
+
+@dataclasses.dataclass
+class AdditiveJudge:
+  """`fn(prompts, completions) -> [B]` expected 0-5 scores, read off the model's own verdict.
+
+  Like SelfJudge the params are the policy's: assign `judge.params` each round.
+  """
+  model: models.Model
+  params: Any
+  tokenizer: Tokenizer
+  template: str = ADDITIVE_TEMPLATE
+
+  def __post_init__(self):
+    self.ids = _score_token_ids(self.tokenizer, self.template)  # Fail at build time.
+
+  def __call__(self, prompts: list[str], completions: list[str], **fields) -> np.ndarray:
+    del fields  # The judge sees only the text, never the reference answer.
+    dist = _judge_distribution(self.model, self.params, self.tokenizer, self.template, prompts,
+                               completions, self.ids)
+    return dist @ np.arange(len(SCORE_TOKENS), dtype=np.float32)

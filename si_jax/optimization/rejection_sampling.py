@@ -1,16 +1,30 @@
 """Iterative rejection sampling: STaR (2203.14465), ReST-EM (2312.06585), RFT (survey §4).
 
-  python -m si_jax.main --config=configs/rejection_sampling.py
+  python -m si_jax.main --config=configs/star.py      # STaR on multiplication with written steps
+  python -m si_jax.main --config=configs/rest_em.py   # ReST-EM
+  python -m si_jax.main --config=configs/rejection_sampling.py  # RFT: no restarts
 
-Each round: sample k answers per fresh problem (Generation) -> keep the ones the reward accepts
-(Reward: the task's verifier, or agreement with the group's majority answer when no labels are
-allowed) -> SFT on the kept answers (Optimization). Options:
-  * STaR rationalization: for problems with no accepted sample, show the answer as a hint
-    (`answer\\nprompt`), sample again, and keep accepted answers *without* the hint;
-  * ReST-EM restarts each round's SFT from the base model instead of the previous round.
+Each round: sample k answers per fresh problem (Generation, the E-step) -> keep the ones the
+reward accepts (the task's verifier, or agreement with the group's majority when no labels are
+allowed) -> SFT on the kept answers (Optimization, the M-step). Fidelity flags (config.gro):
+  * restart_from_base (STaR Alg. 1, ReST-EM §3: True): each round's SFT fine-tunes the *base*
+    model on this round's data, not the previous round's model; samples still come from the
+    latest model. With restart_optimizer (default True, the papers' form) the restart is a fresh
+    fine-tuning run — Adam moments at zero and step 0, so the warmup runs again; False keeps the
+    optimizer state and step across rounds (only the params restart).
+  * rationalize (STaR §3.2): a problem with no accepted sample is retried with its *final*
+    answer as a hint (config.data.hint_template, e.g. '{answer}|{prompt}'); a hinted sample that
+    reaches that answer is kept with the prompt *without* the hint, and with the rationale the
+    model wrote (on a chain-of-thought task, e.g. `multiplication_cot`, the written partial
+    products). The written steps are never given: the hint is `task.final_answer(answer)`.
+    The model learns to use a hint from hinted exemplars in its base phase
+    (config.data.hint_fraction), as STaR's few-shot rationalization prompt shows hinted examples.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import string
 
 import numpy as np
 
@@ -33,19 +47,57 @@ def select(ro: rollout.Rollout, reward: np.ndarray, threshold: float, per_proble
   return prompts, completions
 
 
+def check_hint_template(config, tokenizer) -> str:
+  """config.data.hint_template, checked: both fields, and every literal character known."""
+  template = config.data.get('hint_template', '')
+  fields = {name for _, name, _, _ in string.Formatter().parse(template) if name}
+  if fields != {'answer', 'prompt'}:
+    raise ValueError(f'config.data.hint_template={template!r} must have exactly the fields '
+                     f'{{answer}} and {{prompt}}, e.g. "{{answer}}|{{prompt}}"')
+  literal = ''.join(text for text, _, _, _ in string.Formatter().parse(template))
+  missing = [c for c in literal if tokenizer.unk_id in tokenizer.encode(c)]
+  if missing:
+    raise ValueError(f'config.data.hint_template has characters {missing} the tokenizer does not '
+                     f'know: add them to config.tokenizer_extra_chars')
+  return template
+
+
+def rationalize(exp, sampler, reward_fn, problems, solved: set[str], *, template: str, gro,
+                strategy, seed: int):
+  """STaR rationalization of the unsolved problems: (prompts without the hint, rationales)."""
+  failed = [p for p in problems if p.prompt not in solved]
+  if not failed:
+    return [], []
+  hinted = [dataclasses.replace(p, prompt=exp.task.hinted_prompt(p, template)) for p in failed]
+  ro = rollout.rollout(sampler, exp.state.params, exp.tokenizer, hinted,
+                       group_size=gro.group_size, max_new_tokens=gro.max_new_tokens,
+                       strategy=strategy, seed=seed)
+  reward = reward_fn(ro.prompts, ro.completions, answers=ro.answers)
+  hinted_prompts, rationales = select(ro, reward, gro.accept_threshold, 1)
+  plain = {h.prompt: p.prompt for h, p in zip(hinted, failed)}
+  return [plain[h] for h in hinted_prompts], rationales
+
+
 def run(config) -> dict:
   gro = config.gro
-  exp = experiment.setup(config, gro.num_rounds * gro.sft_steps)
+  restarts = gro.restart_from_base and gro.get('restart_optimizer', True)
+  # A restarted round is a whole fine-tuning run: its schedule spans one round's steps.
+  exp = experiment.setup(config, gro.sft_steps if restarts else gro.num_rounds * gro.sft_steps)
   sampler = sampling.Sampler(exp.model, exp.mesh)
   reward_fn = rewards.make_reward(gro.reward, exp.task, group_size=gro.group_size,
                                   key='config.gro.reward')
   step_fn = rounds.sft_step(exp)
-  base_params = rounds.frozen_copy(exp.state.params) if gro.restart_from_base else None
+  template = check_hint_template(config, exp.tokenizer) if gro.rationalize else ''
+  if gro.rationalize and gro.reward != 'verifiable':
+    raise ValueError(f'config.gro.rationalize=True needs config.gro.reward=verifiable (a hint '
+                     f'is the reference answer), got {gro.reward!r}')
+  base = rounds.base_params(exp) if gro.restart_from_base else None
+  restart = rounds.restarter(exp) if restarts else None
   strategy = sampling.Temperature(gro.temperature)
   try:
     tracker = rounds.RoundTracker(exp, gro.max_new_tokens)
     for r in range(tracker.start, gro.num_rounds):
-      # --- Generate and reward ---
+      # --- E-step: generate with the latest model and keep what the reward accepts ---
       problems = exp.task.sample([config.seed, 3, r], gro.problems_per_round)
       ro = rollout.rollout(sampler, exp.state.params, exp.tokenizer, problems,
                            group_size=gro.group_size, max_new_tokens=gro.max_new_tokens,
@@ -53,26 +105,22 @@ def run(config) -> dict:
       reward = reward_fn(ro.prompts, ro.completions, answers=ro.answers)
       prompts, completions = select(ro, reward, gro.accept_threshold, gro.keep_per_problem)
       logged = {'reward_mean': float(reward.mean()), 'kept': len(prompts)}
-      if gro.rationalize:  # STaR: hint failures with their answer, keep the hint-free pair.
-        solved = {p for p in prompts}
-        failed = [p for p in problems if p.prompt not in solved]
-        if failed:
-          hinted = [type(p)(f'{p.answer}\n{p.prompt}', p.answer, p.difficulty) for p in failed]
-          ro_hint = rollout.rollout(sampler, exp.state.params, exp.tokenizer, hinted,
-                                    group_size=gro.group_size, max_new_tokens=gro.max_new_tokens,
-                                    strategy=strategy, seed=config.seed * 7919 + r + 1)
-          hint_reward = reward_fn(ro_hint.prompts, ro_hint.completions, answers=ro_hint.answers)
-          h_prompts, h_completions = select(ro_hint, hint_reward, gro.accept_threshold, 1)
-          prompts += [h.split('\n', 1)[1] for h in h_prompts]
-          completions += h_completions
-          logged['rationalized'] = len(h_prompts)
-      # --- Optimize: SFT on the accepted answers ---
-      if base_params is not None:
-        exp.state = exp.state.replace(params=rounds.frozen_copy(base_params))
+      if gro.rationalize:
+        r_prompts, rationales = rationalize(exp, sampler, reward_fn, problems, set(prompts),
+                                            template=template, gro=gro, strategy=strategy,
+                                            seed=config.seed * 7919 + r + 1)
+        prompts, completions = prompts + r_prompts, completions + rationales
+        logged['rationalized'] = len(r_prompts)
+      # --- M-step: SFT on the accepted answers (from the base, for STaR / ReST-EM) ---
+      if restart is not None:
+        restart(base)
+      elif base is not None:
+        exp.state = exp.state.replace(params=rounds.frozen_copy(base))
       if prompts:
         logged.update(rounds.train_sft(exp, step_fn, prompts, completions,
                                        num_steps=gro.sft_steps, batch_size=gro.batch_size,
                                        seed=config.seed * 31 + r, max_epochs=gro.max_epochs))
+      logged['step'] = int(exp.state.step)
       tracker.end_round(r, logged, f"kept {logged['kept']} answers, ")
   finally:
     exp.ckpt.close()

@@ -10,11 +10,12 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from si_jax import layout, metrics, sampling, sharding
 from si_jax.evaluation import accuracy
-from si_jax.experiment import Experiment
+from si_jax.experiment import Experiment, load_params
 from si_jax.optimization import preference, sft, train_step
 
 
@@ -128,3 +129,34 @@ class RoundTracker:
 def frozen_copy(params):
   """A copy of the params that later donated updates cannot overwrite (the round's reference)."""
   return jax.tree.map(lambda x: x.copy(), params)
+
+
+def base_params(exp: Experiment):
+  """The params the rounds started from: the warm start's (config.init_from) when resumed, so a
+  restarted run restarts rounds from the same base; else a frozen copy of the state's."""
+  init_from = exp.config.get('init_from', '')
+  if exp.resumed and init_from:
+    return load_params(init_from, exp.model.cfg, exp.shardings.params)
+  if exp.resumed:
+    raise ValueError('restarting rounds from the base needs config.init_from on resume: the '
+                     'resumed state is a later round, not the base')
+  return frozen_copy(exp.state.params)
+
+
+def restarter(exp: Experiment):
+  """`restart(params)`: exp.state becomes a fresh fine-tuning run of `params` — a copy of them,
+  a new optimizer state (Adam moments at zero) and step 0, so the schedule's warmup starts over.
+  ReST-EM's M-step (Singh et al. 2023, §3) and STaR's outer loop fine-tune the base afresh.
+  Compiled once; call it every round."""
+  tx = exp.tx
+
+  def fresh(state, params):
+    return state.replace(step=jnp.zeros_like(state.step), params=params,
+                         opt_state=tx.init(params))
+
+  fresh = jax.jit(fresh, out_shardings=exp.shardings, donate_argnums=0)
+
+  def restart(params) -> None:
+    exp.state = fresh(exp.state, frozen_copy(params))
+
+  return restart

@@ -7,12 +7,27 @@ reference answer), the previous iteration's model writes its own answer; the new
 prefer the reference answer over that self-generated one with SPIN's logistic loss, the previous
 iteration serving as the reference model. It stops gaining once its answers are
 indistinguishable from the reference ones.
+
+Fidelity flag (config.gro):
+  * fixed_sft_set (SPIN §4, Algorithm 1: True): every iteration plays on the *same* SFT data —
+    the labelled seed set the base was fine-tuned on (config.data.seed_set_size; its first
+    gro.problems_per_round examples), so no label beyond the SFT set is ever read. False draws
+    fresh labelled problems each round (more labels than SPIN uses; a looser baseline).
 """
 
 from __future__ import annotations
 
-from si_jax import experiment, sampling
+from si_jax import experiment, sampling, train
 from si_jax.optimization import preference, rollout, rounds
+
+
+def sft_set(config, task) -> list:
+  """SPIN's real data: the base's labelled seed set (its training split), the same every round."""
+  if not config.data.get('seed_set_size', 0):
+    raise ValueError('SPIN plays on the fixed SFT set: set config.data.seed_set_size > 0 (the '
+                     'labelled seed set of the base phase), or config.gro.fixed_sft_set=False')
+  problems = train.seed_split(config, task)[0]
+  return problems[:config.gro.problems_per_round]
 
 
 def run(config) -> dict:
@@ -23,13 +38,13 @@ def run(config) -> dict:
   spin_step = rounds.preference_step(exp, pref_cfg)
   strategy = (sampling.Greedy() if gro.temperature == 0
               else sampling.Temperature(gro.temperature))
+  fixed = sft_set(config, exp.task) if gro.get('fixed_sft_set', True) else None
   try:
     tracker = rounds.RoundTracker(exp, gro.max_new_tokens)
     for r in range(tracker.start, gro.num_rounds):
       # --- The previous iteration answers the SFT data's prompts ---
       previous = rounds.frozen_copy(exp.state.params)
-      problems = exp.task.sample([config.seed, 0, 10_000 + r],
-                                 gro.problems_per_round)
+      problems = fixed or exp.task.sample([config.seed, 0, 10_000 + r], gro.problems_per_round)
       ro = rollout.rollout(sampler, previous, exp.tokenizer, problems, group_size=1,
                            max_new_tokens=gro.max_new_tokens, strategy=strategy,
                            seed=config.seed * 7919 + r)

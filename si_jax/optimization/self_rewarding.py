@@ -3,33 +3,84 @@
 
   python -m si_jax.main --config=configs/self_rewarding.py
 
-Before the rounds, evaluation fine-tuning (EFT) teaches the model to judge from the labelled seed
-set: judge prompts (problem + a correct or a wrong answer) -> 'y' / 'n', mixed with answering
-examples (IFT) so judging does not displace answering. Each round then: sample
-candidates per fresh problem -> score each with the model's own verdict probability -> the best
-and worst candidate of a problem form a preference pair when their scores differ enough -> DPO
-against the round-start model as reference. The verifier is never used for training after EFT;
-it only measures the judge's agreement (judge drift) and held-out accuracy.
+Before the rounds (M1), one SFT phase on the labelled seed set mixes three skills, as the paper
+mixes IFT and EFT data: answering (IFT), judging (EFT: judge prompt -> score) and, for
+self-instruction, writing new prompts. Each round (M_t -> M_t+1) then: the model writes new
+prompts -> samples candidates for each -> scores them with its own judgement -> the highest and
+lowest scored candidate of a prompt form a pair when their scores differ -> DPO against the
+round-start model as reference. After M1 no label enters training: the verifier only measures
+the judge's agreement with it (`judge_accuracy`, and `judge_drift`, its change since round 1)
+and the held-out accuracy; both are reported, never read by a decision.
+
+Fidelity flags (config.gro; defaults are the paper's form):
+  * judge: 'additive' — the 5-point additive LLM-as-a-judge prompt (Fig. 2), adapted to the
+    task in judge.py: the score token 0-5 after judge.ADDITIVE_TEMPLATE, its reward the expected
+    score; 'binary' — a yes/no verdict (judge.JUDGE_TEMPLATE, judge_yes / judge_no).
+  * judge_negatives: 'policy' — EFT examples are the base policy's own samples on the seed
+    problems (mostly wrong ones), scored against the seed labels, plus the reference answers;
+    'shuffled' — another seed problem's answer as the wrong candidate.
+  * prompts: 'self_instruct' — the model writes the round's prompts after
+    gro.instruct_prefix (learnt in M1 from the seed prompts), kept when well-formed
+    (`task.is_well_formed`), new and distinct; 'task' — fresh problems drawn from the task.
 """
 
 from __future__ import annotations
 
+
 import numpy as np
 
-from si_jax import experiment, sampling
+from si_jax import experiment, sampling, tasks, train
 from si_jax.evaluation import monitors
 from si_jax.optimization import judge, preference, rewards, rollout, rounds
 
 
-def judge_examples(problems, rng: np.random.Generator, template: str, yes: str, no: str):
-  """EFT data: each problem with its answer (-> yes) or another problem's answer (-> no)."""
-  prompts, verdicts = [], []
-  for p in problems:
-    wrong = problems[int(rng.integers(len(problems)))].answer
-    candidate = p.answer if rng.random() < 0.5 or wrong == p.answer else wrong
-    prompts.append(template.format(prompt=p.prompt, completion=candidate))
-    verdicts.append(yes if candidate == p.answer else no)
-  return prompts, verdicts
+def make_judge(exp, gro):
+  """The policy as its own judge, per gro.judge; its `params` are refreshed every round."""
+  if gro.judge == 'additive':
+    return judge.AdditiveJudge(exp.model, exp.state.params, exp.tokenizer)
+  if gro.judge == 'binary':
+    return judge.judge_reward(exp.model, exp.state.params, exp.tokenizer, yes=gro.judge_yes,
+                              no=gro.judge_no)
+  raise ValueError(f"config.gro.judge={gro.judge!r}: use 'additive' or 'binary'")
+
+
+def judge_label(task, gro, problem, completion: str) -> str:
+  """The EFT target: the additive score's digit, or the binary verdict."""
+  if gro.judge == 'additive':
+    return judge.SCORE_TOKENS[judge.additive_score(task, problem, completion)]
+  return gro.judge_yes if task.verify(problem, completion) == 1.0 else gro.judge_no
+
+
+def judge_examples(exp, sampler, gro, problems, seed: int):
+  """EFT data: (judge prompts, target verdicts) for the seed problems, per gro.judge_negatives."""
+  template = judge.ADDITIVE_TEMPLATE if gro.judge == 'additive' else judge.JUDGE_TEMPLATE
+  if gro.judge_negatives == 'policy':  # The policy's own answers: its real mistakes.
+    ro = rollout.rollout(sampler, exp.state.params, exp.tokenizer, problems,
+                         group_size=gro.judge_samples, max_new_tokens=gro.max_new_tokens,
+                         strategy=sampling.Temperature(gro.temperature), seed=seed)
+    candidates = [(p, c) for p, c in zip([p for p in problems for _ in range(ro.group_size)],
+                                         ro.completions)]
+  elif gro.judge_negatives == 'shuffled':  # Another problem's answer.
+    rng = np.random.default_rng(seed)
+    candidates = [(p, problems[int(rng.integers(len(problems)))].answer) for p in problems]
+  else:
+    raise ValueError(f"config.gro.judge_negatives={gro.judge_negatives!r}: use 'policy' or "
+                     f"'shuffled'")
+  candidates += [(p, p.answer) for p in problems]  # And the references, judged correct.
+  prompts = [template.format(prompt=p.prompt, completion=c) for p, c in candidates]
+  return prompts, [judge_label(exp.task, gro, p, c) for p, c in candidates]
+
+
+def self_instruct(exp, sampler, gro, known: set[str], n: int, seed: int) -> list[tasks.Problem]:
+  """Up to n new prompts the model writes after gro.instruct_prefix: well-formed, distinct and
+  not among `known`. Their answers come from the task's solver for monitoring only (the
+  verifier's agreement, reported): no training example reads them."""
+  texts, _ = sampler.generate(exp.state.params, exp.tokenizer, [gro.instruct_prefix],
+                              max_new_tokens=gro.max_new_tokens,
+                              strategy=sampling.Temperature(gro.temperature),
+                              n=gro.instruct_oversample * n, seed=seed)
+  fresh = [t for t in dict.fromkeys(texts[0]) if t not in known and exp.task.is_well_formed(t)]
+  return [tasks.Problem(prompt=t, answer=exp.task.solve(t), difficulty=0) for t in fresh[:n]]
 
 
 def best_worst_pairs(ro: rollout.Rollout, scores: np.ndarray, min_gap: float):
@@ -44,42 +95,66 @@ def best_worst_pairs(ro: rollout.Rollout, scores: np.ndarray, min_gap: float):
   return pairs
 
 
+def seed_problems(config, task) -> list[tasks.Problem]:
+  """The labelled seed set (IFT and EFT data): the base's, when it has one."""
+  if config.data.get('seed_set_size', 0):
+    return train.seed_split(config, task)[0][:config.gro.judge_seed_size]
+  return task.sample([config.seed, 4], config.gro.judge_seed_size)
+
+
 def run(config) -> dict:
   gro = config.gro
   pref_cfg = preference.PreferenceConfig(loss=gro.loss, beta=gro.beta,
                                          label_smoothing=gro.label_smoothing)
+  if gro.prompts not in ('self_instruct', 'task'):
+    raise ValueError(f"config.gro.prompts={gro.prompts!r}: use 'self_instruct' or 'task'")
   exp = experiment.setup(config, gro.judge_sft_steps + gro.num_rounds * gro.dpo_steps)
   sampler = sampling.Sampler(exp.model, exp.mesh)
-  self_judge = judge.judge_reward(exp.model, exp.state.params, exp.tokenizer, yes=gro.judge_yes,
-                                  no=gro.judge_no)
+  self_judge = make_judge(exp, gro)
   verifier = rewards.verifiable(exp.task)
   dpo_step = rounds.preference_step(exp, pref_cfg)
+  seed_set = seed_problems(config, exp.task)
   start = exp.meta.get('round', 0) if exp.resumed else 0
   try:
-    if start == 0:  # --- IFT + EFT: learn to judge from the labelled seed set, keep answering ---
-      seed_problems = exp.task.sample([config.seed, 4], gro.judge_seed_size)
-      prompts, verdicts = judge_examples(seed_problems, np.random.default_rng(config.seed),
-                                         judge.JUDGE_TEMPLATE, gro.judge_yes, gro.judge_no)
-      prompts += [p.prompt for p in seed_problems]  # Answering data too, as Yuan et al. mix
-      verdicts += [p.answer for p in seed_problems]  # IFT with EFT: judging alone forgets it.
-      rounds.train_sft(exp, rounds.sft_step(exp), prompts, verdicts,
+    if start == 0:  # --- M1: answering (IFT) + judging (EFT) + writing prompts, from the seed set
+      prompts, targets = judge_examples(exp, sampler, gro, seed_set, config.seed * 7919 - 1)
+      prompts += [p.prompt for p in seed_set]  # Answering: judging alone forgets it.
+      targets += [p.answer for p in seed_set]
+      if gro.prompts == 'self_instruct':
+        prompts += [gro.instruct_prefix] * len(seed_set)
+        targets += [p.prompt for p in seed_set]
+      rounds.train_sft(exp, rounds.sft_step(exp), prompts, targets,
                        num_steps=gro.judge_sft_steps, batch_size=gro.batch_size, seed=config.seed,
                        max_epochs=gro.max_epochs)
-    tracker = rounds.RoundTracker(exp, gro.max_new_tokens)  # measured after EFT
+    tracker = rounds.RoundTracker(exp, gro.max_new_tokens)  # measured after M1
+    known = {p.prompt for p in seed_set}
     for r in range(tracker.start, gro.num_rounds):
-      # --- Generate candidates and judge them with the model itself ---
+      # --- New prompts and candidates, judged by the model itself ---
       reference = rounds.frozen_copy(exp.state.params)
       self_judge.params = exp.state.params
-      problems = exp.task.sample([config.seed, 5, r], gro.problems_per_round)
-      ro = rollout.rollout(sampler, exp.state.params, exp.tokenizer, problems,
-                           group_size=gro.group_size, max_new_tokens=gro.max_new_tokens,
-                           strategy=sampling.Temperature(gro.temperature),
-                           seed=config.seed * 7919 + r)
-      scores = self_judge(ro.prompts, ro.completions)
-      verified = verifier(ro.prompts, ro.completions, answers=ro.answers)  # monitoring only
-      logged = {f'judge_{k}': v for k, v in judge.agreement(scores, verified).items()}
-      pairs = best_worst_pairs(ro, scores, gro.min_score_gap)
-      logged.update(pairs=len(pairs), verified_mean=float(verified.mean()))
+      if gro.prompts == 'self_instruct':
+        problems = self_instruct(exp, sampler, gro, known, gro.problems_per_round,
+                                 config.seed * 7919 + 1000 + r)
+        known |= {p.prompt for p in problems}
+      else:
+        problems = exp.task.sample([config.seed, 5, r],
+                                            gro.problems_per_round)
+      logged = {'prompts': len(problems)}
+      pairs = []
+      if problems:
+        ro = rollout.rollout(sampler, exp.state.params, exp.tokenizer, problems,
+                             group_size=gro.group_size, max_new_tokens=gro.max_new_tokens,
+                             strategy=sampling.Temperature(gro.temperature),
+                             seed=config.seed * 7919 + r)
+        scores = self_judge(ro.prompts, ro.completions)
+        pairs = best_worst_pairs(ro, scores, gro.min_score_gap)
+        # --- Reported only: the judge's agreement with the verifier ---
+        verified = verifier(ro.prompts, ro.completions, answers=ro.answers)
+        judged_correct = scores >= (gro.judge_accept if gro.judge == 'additive' else 0.5)
+        logged.update({f'judge_{k}': v for k, v in judge.agreement(
+            judged_correct.astype(np.float32), verified).items()},
+                      verified_mean=float(verified.mean()))
+      logged['pairs'] = len(pairs)
       # --- Optimize: DPO on the self-judged pairs ---
       if pairs:
         p, c, rj = map(list, zip(*pairs))
@@ -87,15 +162,18 @@ def run(config) -> dict:
             exp, dpo_step, pref_cfg, reference, p, c, rj, width=gro.max_new_tokens + 1,
             num_steps=gro.dpo_steps, batch_size=gro.batch_size, seed=config.seed * 31 + r,
             max_epochs=gro.max_epochs))
-      # --- Judge drift: does the self-judge still agree with the verifier? (report only) ---
-      judge_history = [*exp.meta.get('judge_history', []), logged['judge_accuracy']]
-      exp.meta['judge_history'] = judge_history  # Saved with the round's checkpoint.
-      drift = monitors.judge_drift(judge_history)
+      # --- Judge drift: its agreement with the verifier, against round 1's (report only) ---
+      history = [*exp.meta.get('judge_history', []), logged.get('judge_accuracy', float('nan'))]
+      exp.meta['judge_history'] = history  # Saved with the round's checkpoint.
+      drift = monitors.judge_drift(history)
+      logged['judge_drift'] = history[-1] - history[0]
       logged['judge_drift_flag'] = drift['flag']
-      tracker.result[f'round_{r + 1}_judge_accuracy'] = logged['judge_accuracy']
-      tracker.result[f'round_{r + 1}_judge_drift'] = drift['flag']
-      tracker.end_round(r, logged, f"{len(pairs)} pairs, judge agrees with the verifier on "
-                                   f"{logged['judge_accuracy']:.1%} ({drift['reason']}), ")
+      tracker.result[f'round_{r + 1}_judge_accuracy'] = history[-1]
+      tracker.result[f'round_{r + 1}_judge_drift'] = logged['judge_drift']
+      tracker.result[f'round_{r + 1}_judge_drift_flag'] = drift['flag']
+      tracker.end_round(r, logged, f"{len(problems)} prompts, {len(pairs)} pairs, judge agrees "
+                                   f"with the verifier on {history[-1]:.1%} "
+                                   f"({drift['reason']}), ")
   finally:
     exp.ckpt.close()
   return tracker.result

@@ -119,6 +119,10 @@ class MultiplicationTask(Task):
     partials = [str(a * int(d) * 10 ** i)[::-1] for i, d in enumerate(reversed(str(b)))]
     return '+'.join(partials) + '#' + str(a * b)
 
+  def final_answer(self, answer: str) -> str:
+    """The product: with cot=True the digits after the last '#'."""
+    return answer.rsplit('#', 1)[-1]
+
   def extract_answer(self, completion: str) -> str | None:
     text = super().extract_answer(completion)
     if text is None or len(text) > _MAX_ANSWER_CHARS:
@@ -132,7 +136,7 @@ class MultiplicationTask(Task):
   def verify(self, problem: Problem, completion: str) -> float:
     """Only the final answer counts (the chain of thought is free-form)."""
     try:
-      reference = problem.answer.rsplit('#', 1)[-1]
+      reference = self.final_answer(problem.answer)
       return float(self.extract_answer(completion) == reference)
     except Exception:  # pylint: disable=broad-except
       return 0.0

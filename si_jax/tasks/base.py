@@ -82,6 +82,17 @@ class Task(abc.ABC):
     del prompt, answer
     return True
 
+  def final_answer(self, answer: str) -> str:
+    """The result part of a reference answer (here: all of it). Tasks whose answers carry a
+    chain of thought return the part after it: STaR's rationalization hint is this, never the
+    written steps, so the model has to produce the rationale itself."""
+    return answer
+
+  def hinted_prompt(self, problem: Problem, template: str) -> str:
+    """`problem`'s prompt with its final answer as a hint (STaR rationalization, Zelikman et
+    al. 2022 §3.2); `template` has `{answer}` and `{prompt}` fields, e.g. '{answer}|{prompt}'."""
+    return template.format(answer=self.final_answer(problem.answer), prompt=problem.prompt)
+
   def extract_answer(self, completion: str) -> str | None:
     """The answer part of a completion (here: all of it, stripped); None when there is none."""
     if not isinstance(completion, str):
