@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from si_jax import models
+from si_jax import models, tasks
 from si_jax.models import reward_model as rm_lib
 from si_jax.optimization import judge
 from si_jax.optimization.train_step import make_train_step
@@ -23,7 +23,8 @@ forward = jax.jit(models.forward, static_argnums=0)  # Jitted references: eager 
 
 @pytest.fixture(scope='module')
 def tokenizer():
-  alphabet = LETTERS + '>' + judge.judge_alphabet() + 'yn'
+  alphabet = (LETTERS + '>' + judge.judge_alphabet() + 'yn' +
+              judge.judge_alphabet(judge.ADDITIVE_TEMPLATE) + judge.SCORE_TOKENS)
   return Tokenizer.train([alphabet], vocab_size=64)
 
 
@@ -72,6 +73,37 @@ def test_judge_reward_callable(tokenizer, lm):
   fn.params = jax.tree.map(jnp.zeros_like, params)  # The loop swaps in new params.
   np.testing.assert_allclose(judge.judge_reward(model, fn.params, tokenizer, yes='y', no='n')(
       ['ab>'], ['ba']), [0.5], atol=1e-6)
+
+
+def test_additive_score_adds_a_point_per_criterion():
+  """The 5-point additive rubric (Yuan et al. Fig. 2) adapted to a verifiable task."""
+  task = tasks.get_task('reverse')
+  problem = tasks.Problem('abcd>', 'dcba', 4)
+  # Plausible = a permutation of the input's letters; then half, all but one, all in place.
+  cases = {'': 0, 'dcb': 1, 'xcba': 1, 'abcd': 2, 'dbca': 3, 'dcba': 5, ' dcba ': 5}
+  assert {c: judge.additive_score(task, problem, c) for c in cases} == cases
+  cot = tasks.get_task('multiplication_cot')
+  problem = tasks.Problem('12*34=', cot.solve('12*34='), 2)  # '84+063#408'
+  assert judge.additive_score(cot, problem, '1+1#408') == 5  # Only the product is scored.
+  assert judge.additive_score(cot, problem, '84+063#418') == 4
+  assert judge.additive_score(cot, problem, '84+063') == 0  # No product: nothing to judge.
+
+
+def test_additive_judge_is_the_expected_score_of_the_model(tokenizer, lm):
+  model, params = lm
+  fn = judge.AdditiveJudge(model, params, tokenizer)
+  prompts, completions = ['ab>', 'cd>'], ['ba', 'dd']  # One length: one reference compile.
+  got = fn(prompts, completions)
+  ids = [tokenizer.encode(c)[0] for c in judge.SCORE_TOKENS]
+  for i, (p, c) in enumerate(zip(prompts, completions)):
+    tokens = tokenizer.encode(judge.ADDITIVE_TEMPLATE.format(prompt=p, completion=c), bos=True)
+    probs = np.asarray(jax.nn.softmax(forward(model, params, jnp.asarray([tokens]))[0, -1]))[ids]
+    np.testing.assert_allclose(got[i], probs @ np.arange(6) / probs.sum(), atol=1e-4)
+  fn.params = jax.tree.map(jnp.zeros_like, params)  # Uniform over the six scores: 2.5.
+  np.testing.assert_allclose(fn(prompts, completions), 2.5, atol=1e-5)
+  small = Tokenizer.train([LETTERS + '>' + judge.judge_alphabet(judge.ADDITIVE_TEMPLATE)], 32)
+  with pytest.raises(ValueError, match='tokenizer_extra_chars'):
+    judge.AdditiveJudge(model, params, small)
 
 
 def test_agreement_exact():

@@ -87,6 +87,19 @@ def test_multiplication_chain_of_thought_sums_to_answer():
     assert task.verify(p, 'garbage#' + answer) == 1.0
 
 
+def test_rationalization_hint_is_the_final_answer_only():
+  """STaR's hint: the product, never the written steps; tasks without steps hint the answer."""
+  cot = tasks.get_task('multiplication_cot')
+  p = cot.generate(seed=0, n=1, difficulty=3)[0]
+  hinted = cot.hinted_prompt(p, '{answer}|{prompt}')
+  product = str(eval(p.prompt[:-1]))  # pylint: disable=eval-used
+  assert cot.final_answer(p.answer) == product and hinted == f'{product}|{p.prompt}'
+  assert '#' in p.answer and '#' not in hinted
+  reverse = tasks.get_task('reverse')
+  q = reverse.generate(seed=0, n=1, difficulty=3)[0]
+  assert reverse.hinted_prompt(q, '{answer}|{prompt}') == f'{q.answer}|{q.prompt}'
+
+
 def test_countdown_rewards():
   task = tasks.get_task('countdown')
   p = tasks.Problem(prompt='3 5 7->22:', answer='3*5+7', difficulty=3)
