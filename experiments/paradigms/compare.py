@@ -107,6 +107,20 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list('paradigms', list(CONFIGS)[:4], 'Paradigms to compare (keys of CONFIGS).')
 flags.DEFINE_list('seeds', ['0', '1'], 'Seeds: each its own base, control and paradigm.')
 flags.DEFINE_string('workdir', '/tmp/si_jax/paradigms', 'Runs go to <workdir>/<paradigm>/<seed>.')
+flags.DEFINE_list('set', [], 'Config overrides, e.g. data.seed_set_size=128,train.num_steps=100.')
+
+
+def override(config, assignments: list[str]):
+  """Applies `section.key=value` strings, each value parsed as the field's type."""
+  for assignment in assignments:
+    path, value = assignment.split('=', 1)
+    *sections, key = path.split('.')
+    target = config
+    for section in sections:
+      target = target[section]
+    kind = type(target[key])
+    target[key] = value if kind is str else (value == 'True' if kind is bool else kind(value))
+  return config
 
 
 def table(rows: list[dict]) -> str:
@@ -126,7 +140,8 @@ def main(argv):
   rows = []
   for name in FLAGS.paradigms:
     for seed in map(int, FLAGS.seeds):
-      result = compare(get_config(name, seed, os.path.join(FLAGS.workdir, name, str(seed))))
+      config = get_config(name, seed, os.path.join(FLAGS.workdir, name, str(seed)))
+      result = compare(override(config, FLAGS.set))
       rows.append({'paradigm': name, 'seed': seed, **result,
                    'paradigm_acc': result['paradigm']})
       print(json.dumps(rows[-1]))

@@ -72,15 +72,17 @@ def judge_examples(exp, sampler, gro, problems, seed: int):
 
 
 def self_instruct(exp, sampler, gro, known: set[str], n: int, seed: int) -> list[tasks.Problem]:
-  """Up to n new prompts the model writes after gro.instruct_prefix: well-formed, distinct and
-  not among `known`. Their answers come from the task's solver for monitoring only (the
-  verifier's agreement, reported): no training example reads them."""
+  """Up to n distinct well-formed prompts the model writes after gro.instruct_prefix, those not
+  among `known` (the seed set's, earlier rounds') first: a small model often writes back prompts
+  it memorised. Their answers come from the task's solver for the reported agreement only: no
+  training example reads them."""
   texts, _ = sampler.generate(exp.state.params, exp.tokenizer, [gro.instruct_prefix],
                               max_new_tokens=gro.max_new_tokens,
                               strategy=sampling.Temperature(gro.temperature),
                               n=gro.instruct_oversample * n, seed=seed)
-  fresh = [t for t in dict.fromkeys(texts[0]) if t not in known and exp.task.is_well_formed(t)]
-  return [tasks.Problem(prompt=t, answer=exp.task.solve(t), difficulty=0) for t in fresh[:n]]
+  written = [t for t in dict.fromkeys(texts[0]) if exp.task.is_well_formed(t)]
+  ordered = [t for t in written if t not in known] + [t for t in written if t in known]
+  return [tasks.Problem(prompt=t, answer=exp.task.solve(t), difficulty=0) for t in ordered[:n]]
 
 
 def best_worst_pairs(ro: rollout.Rollout, scores: np.ndarray, min_gap: float):
@@ -135,11 +137,11 @@ def run(config) -> dict:
       if gro.prompts == 'self_instruct':
         problems = self_instruct(exp, sampler, gro, known, gro.problems_per_round,
                                  config.seed * 7919 + 1000 + r)
-        known |= {p.prompt for p in problems}
       else:
         problems = exp.task.sample([config.seed, 5, r],
                                             gro.problems_per_round)
-      logged = {'prompts': len(problems)}
+      logged = {'prompts': len(problems),
+                'novel_prompts': sum(p.prompt not in known for p in problems)}
       pairs = []
       if problems:
         ro = rollout.rollout(sampler, exp.state.params, exp.tokenizer, problems,
@@ -155,6 +157,7 @@ def run(config) -> dict:
             judged_correct.astype(np.float32), verified).items()},
                       verified_mean=float(verified.mean()))
       logged['pairs'] = len(pairs)
+      known |= {p.prompt for p in problems}
       # --- Optimize: DPO on the self-judged pairs ---
       if pairs:
         p, c, rj = map(list, zip(*pairs))
