@@ -3,8 +3,8 @@
 Launch (a couple of minutes on a 2-core CPU):
   python -m si_jax.main --config=configs/rejection_sampling.py
 No labels after the base phase: --config.gro.reward=majority keeps answers that agree with their
-group's majority. STaR rationalization: --config.gro.rationalize=True (uses reference answers
-as hints). ReST-EM: --config.gro.restart_from_base=True.
+group's majority. ReST-EM: configs/rest_em.py; STaR with rationales and rationalization:
+configs/star.py.
 """
 
 import ml_collections
@@ -41,7 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.gro.accept_threshold = 1.0  # Keep samples whose reward reaches this.
   c.gro.keep_per_problem = 1  # Distinct accepted answers kept per problem.
   c.gro.rationalize = False  # STaR: retry failures with the answer as a hint.
-  c.gro.restart_from_base = False  # ReST-EM: each round fine-tunes the base params afresh.
+  c.gro.restart_from_base = False  # ReST-EM / STaR: each round fine-tunes the base params afresh.
+  c.gro.restart_optimizer = True  # ... as a fresh run: new optimizer state, step 0 (the papers').
   c.gro.sft_steps = 30  # SFT steps per round (at most 2 passes over the kept answers).
   c.gro.max_epochs = 16.0  # Cap on passes over a round's data (few kept answers: train longer).
   c.gro.batch_size = 64  # Sequences per SFT step.
