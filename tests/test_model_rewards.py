@@ -23,8 +23,7 @@ forward = jax.jit(models.forward, static_argnums=0)  # Jitted references: eager 
 
 @pytest.fixture(scope='module')
 def tokenizer():
-  alphabet = (LETTERS + '>' + judge.judge_alphabet() + 'yn' +
-              judge.judge_alphabet(judge.ADDITIVE_TEMPLATE) + judge.SCORE_TOKENS)
+  alphabet = LETTERS + '>' + judge.judge_alphabet() + 'yn'
   return Tokenizer.train([alphabet], vocab_size=64)
 
 
@@ -89,8 +88,11 @@ def test_additive_score_adds_a_point_per_criterion():
   assert judge.additive_score(cot, problem, '84+063') == 0  # No product: nothing to judge.
 
 
-def test_additive_judge_is_the_expected_score_of_the_model(tokenizer, lm):
-  model, params = lm
+def test_additive_judge_is_the_expected_score_of_the_model():
+  tokenizer = Tokenizer.train([LETTERS + '>' + judge.judge_alphabet(judge.ADDITIVE_TEMPLATE) +
+                               judge.SCORE_TOKENS], vocab_size=64)
+  model, params = models.build(tiny_model_config(vocab_size=tokenizer.vocab_size),
+                               jax.random.PRNGKey(0))
   fn = judge.AdditiveJudge(model, params, tokenizer)
   prompts, completions = ['ab>', 'cd>'], ['ba', 'dd']  # One length: one reference compile.
   got = fn(prompts, completions)
