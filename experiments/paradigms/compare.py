@@ -142,8 +142,8 @@ def main(argv):
     for seed in map(int, FLAGS.seeds):
       config = get_config(name, seed, os.path.join(FLAGS.workdir, name, str(seed)))
       result = compare(override(config, FLAGS.set))
-      rows.append({'paradigm': name, 'seed': seed, **result,
-                   'paradigm_acc': result['paradigm']})
+      rows.append({**result, 'paradigm_acc': result['paradigm'], 'paradigm': name,
+                   'seed': seed})
       print(json.dumps(rows[-1]))
   text = table(rows)
   print(text)
