@@ -27,7 +27,7 @@ from absl import app, flags
 from si_jax import experiment, main as si_main, models, sharding, tokenizers, train
 from si_jax.evaluation import accuracy
 
-# Which config each paradigm runs, and the update steps its loop may take in all.
+# The configs/ module each paradigm runs.
 CONFIGS = {'star': 'star', 'rest_em': 'rest_em', 'spin': 'spin',
            'self_rewarding': 'self_rewarding', 'rft': 'rejection_sampling'}
 
