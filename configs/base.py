@@ -30,6 +30,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.seed_set_size = 0
   c.data.difficulty_weights = ()  # The seed set's mix over the task's levels; () is uniform.
   c.data.seed_validation_size = 0  # Held out of the seed set: monitors and control tuning.
+  # STaR: a share of the SFT phase's prompts carry the final answer as a hint, placed by
+  # hint_template ('{answer}', '{prompt}'), so the model learns to rationalize a given answer.
+  c.data.hint_fraction = 0.0
+  c.data.hint_template = ''
 
   # --- The SFT phase: the SFT job, or the base phase of a GRO job (si_jax/train.py). ---
   c.train = ml_collections.ConfigDict()

@@ -118,6 +118,25 @@ def setup(config, total_steps: int) -> Experiment:
                     writer, meta, resumed)
 
 
+def seed_set(config, task) -> list:
+  """The labelled seed set of config.data (seed_set_size problems, difficulty_weights mix)."""
+  data = config.data
+  return task.sample([config.seed, 0], data.seed_set_size,
+                     data.difficulty_weights)
+
+
+def seed_split(config, task) -> tuple[list, list]:
+  """The seed set as (training, validation): the last data.seed_validation_size problems are
+  held out from all training (the base, the loop, the control), minus any whose prompt the
+  training split also holds. The validation slice is where a label-free loop may still read
+  labels: they were paid for with the seed set, and no round's own problem is among them."""
+  problems = seed_set(config, task)
+  n_train = len(problems) - config.data.seed_validation_size
+  train_split = problems[:n_train]
+  seen = {p.prompt for p in train_split}
+  return train_split, [p for p in problems[n_train:] if p.prompt not in seen]
+
+
 def check_workdir(workdir: str) -> None:
   """Fails before any work when the run could not save what it computes."""
   try:

@@ -32,7 +32,7 @@ import os
 import numpy as np
 import tqdm
 
-from si_jax import checkpoint, experiment, report, sampling, train
+from si_jax import checkpoint, experiment, report, sampling
 from si_jax.acquisition import stage as acquisition
 from si_jax.data.store import DataStore
 from si_jax.evaluation import controller, stage as evaluation
@@ -57,7 +57,7 @@ def run(config) -> dict:
   check(loop)
   exp = experiment.setup(config, loop.num_rounds * loop.sft_steps)
   task, workdir, max_new = exp.task, config.workdir, loop.max_new_tokens
-  seed_train, seed_val = train.seed_split(config, task)
+  seed_train, seed_val = experiment.seed_split(config, task)
   if not seed_val:
     raise ValueError('config.data.seed_validation_size must hold out part of the seed set: '
                      'the loop monitors itself and tunes its control on it')

@@ -17,28 +17,8 @@ from si_jax import experiment, layout, metrics, models, sharding
 from si_jax.evaluation import accuracy
 from si_jax.optimization import sft, train_step
 
-# Seeds: training batch s draws from [seed, 0, s], evaluation from [seed, 1]: never the same.
-# With config.data.seed_set_size > 0 the labels are a fixed seed set drawn from [seed, 0]
-# (the only labels of a self-improvement run), and batch s samples it with [seed, 0, s].
-
-
-def seed_set(config, task) -> list:
-  """The labelled seed set of config.data (seed_set_size problems, difficulty_weights mix)."""
-  data = config.data
-  return task.sample([config.seed, 0], data.seed_set_size,
-                     data.difficulty_weights)
-
-
-def seed_split(config, task) -> tuple[list, list]:
-  """The seed set as (training, validation): the last data.seed_validation_size problems are
-  held out from all training (the base, the loop, the control), minus any whose prompt the
-  training split also holds. The validation slice is where a label-free loop may still read
-  labels: they were paid for with the seed set, and no round's own problem is among them."""
-  problems = seed_set(config, task)
-  n_train = len(problems) - config.data.seed_validation_size
-  train_split = problems[:n_train]
-  seen = {p.prompt for p in train_split}
-  return train_split, [p for p in problems[n_train:] if p.prompt not in seen]
+# Seeds: training batch s draws from [seed, 0, s], evaluation from [seed, 1]: never the same
+# (the seed set, experiment.seed_set, is drawn from [seed, 0] and sampled with [seed, 0, s]).
 
 
 def _batch_problems(config, task, step: int, pool):
@@ -52,7 +32,7 @@ def _prompts(config, task, step: int, problems) -> list[str]:
   """The batch's prompts; with data.hint_fraction > 0 that fraction carries the final answer as
   a hint (data.hint_template): STaR's hinted few-shot exemplars, from which the model learns to
   rationalize (write the steps to a given answer). The target is the full answer either way."""
-  fraction = config.data.get('hint_fraction', 0.0)
+  fraction = config.data.hint_fraction
   if not fraction:
     return [p.prompt for p in problems]
   hinted = np.random.default_rng([config.seed, 2, step]).random(len(problems)) < fraction
@@ -74,7 +54,7 @@ def run(config) -> dict:
   writer, ckpt = exp.writer, exp.ckpt
   first_step, num_steps = int(state.step), config.train.num_steps
   writer.rewind(first_step)
-  pool = seed_split(config, task)[0] if config.data.seed_set_size else None
+  pool = experiment.seed_split(config, task)[0] if config.data.seed_set_size else None
   try:  # Close (wait for pending async saves) even when interrupted.
     bar = tqdm.trange(first_step, num_steps, initial=first_step, total=num_steps, desc='sft')
     for step in bar:

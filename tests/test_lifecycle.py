@@ -62,7 +62,7 @@ def test_benchmark_never_holds_training_prompts(main_job):
   task = experiment.make_task(config)
   store = DataStore(os.path.join(config.workdir, 'store'))
   stored = {ex['prompt'] for r in store.rounds() for ex in store.read_round(r)}
-  seed = [p.prompt for p in train.seed_set(config, task)]
+  seed = [p.prompt for p in experiment.seed_set(config, task)]
   assert stored and seed
   seen = {view for prompt in stored | set(seed) for view in task.equivalent_prompts(prompt)}
   assert len(seen) > len(stored | set(seed))  # The rewrites add prompts to exclude.
@@ -124,7 +124,7 @@ def test_no_ground_truth_reaches_a_decision_or_a_training_example(base_dir, tmp_
   honest = _run(tmp_path / 'honest', base_dir)
   config = tiny_loop_config(str(tmp_path / 'blind'))
   task = experiment.make_task(config)
-  seed = {p.prompt for p in train.seed_set(config, task)}
+  seed = {p.prompt for p in experiment.seed_set(config, task)}
   cls, coin = type(task), random.Random(0)
   make_problem, verify = cls.make_problem, cls.verify
 

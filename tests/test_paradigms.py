@@ -12,8 +12,7 @@ import pytest
 from configs import rejection_sampling as rs_config
 from experiments.paradigms import compare
 from si_jax import experiment, main, sampling, tasks, tokenizers, train
-from si_jax.optimization import (preference, rejection_sampling, rollout, rounds, self_play,
-                                 self_rewarding)
+from si_jax.optimization import preference, rejection_sampling, rollout, rounds, self_play
 
 
 @pytest.fixture(scope='module')
@@ -192,7 +191,7 @@ def test_spin_plays_on_the_fixed_sft_set():
   data = self_play.sft_set(config, task)
   assert len(data) == config.gro.problems_per_round
   assert data == self_play.sft_set(config, task)
-  seed_set = {p.prompt for p in train.seed_split(config, task)[0]}
+  seed_set = {p.prompt for p in experiment.seed_split(config, task)[0]}
   assert {p.prompt for p in data} <= seed_set
   config.data.seed_set_size = 0
   with pytest.raises(ValueError, match='seed_set_size'):

@@ -79,7 +79,7 @@ def continued_sft(config, base_dir: str, steps: int) -> np.ndarray:
   config.init_from = base_dir
   exp = experiment.setup(config, steps)
   try:
-    seeds = train.seed_split(config, exp.task)[0]
+    seeds = experiment.seed_split(config, exp.task)[0]
     rounds.train_sft(exp, rounds.sft_step(exp), [p.prompt for p in seeds],
                      [p.answer for p in seeds], num_steps=steps,
                      batch_size=config.train.batch_size, seed=config.seed, max_epochs=1e9)

@@ -49,7 +49,7 @@ def select(ro: rollout.Rollout, reward: np.ndarray, threshold: float, per_proble
 
 def check_hint_template(config, tokenizer) -> str:
   """config.data.hint_template, checked: both fields, and every literal character known."""
-  template = config.data.get('hint_template', '')
+  template = config.data.hint_template
   fields = {name for _, name, _, _ in string.Formatter().parse(template) if name}
   if fields != {'answer', 'prompt'}:
     raise ValueError(f'config.data.hint_template={template!r} must have exactly the fields '
@@ -80,7 +80,7 @@ def rationalize(exp, sampler, reward_fn, problems, solved: set[str], *, template
 
 def run(config) -> dict:
   gro = config.gro
-  restarts = gro.restart_from_base and gro.get('restart_optimizer', True)
+  restarts = gro.restart_from_base and gro.restart_optimizer
   # A restarted round is a whole fine-tuning run: its schedule spans one round's steps.
   exp = experiment.setup(config, gro.sft_steps if restarts else gro.num_rounds * gro.sft_steps)
   sampler = sampling.Sampler(exp.model, exp.mesh)

@@ -134,7 +134,7 @@ def frozen_copy(params):
 def base_params(exp: Experiment):
   """The params the rounds started from: the warm start's (config.init_from) when resumed, so a
   restarted run restarts rounds from the same base; else a frozen copy of the state's."""
-  init_from = exp.config.get('init_from', '')
+  init_from = exp.config.init_from
   if exp.resumed and init_from:
     return load_params(init_from, exp.model.cfg, exp.shardings.params)
   if exp.resumed:

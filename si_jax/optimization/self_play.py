@@ -17,16 +17,16 @@ Fidelity flag (config.gro):
 
 from __future__ import annotations
 
-from si_jax import experiment, sampling, train
+from si_jax import experiment, sampling
 from si_jax.optimization import preference, rollout, rounds
 
 
 def sft_set(config, task) -> list:
   """SPIN's real data: the base's labelled seed set (its training split), the same every round."""
-  if not config.data.get('seed_set_size', 0):
+  if not config.data.seed_set_size:
     raise ValueError('SPIN plays on the fixed SFT set: set config.data.seed_set_size > 0 (the '
                      'labelled seed set of the base phase), or config.gro.fixed_sft_set=False')
-  problems = train.seed_split(config, task)[0]
+  problems = experiment.seed_split(config, task)[0]
   return problems[:config.gro.problems_per_round]
 
 
@@ -38,7 +38,7 @@ def run(config) -> dict:
   spin_step = rounds.preference_step(exp, pref_cfg)
   strategy = (sampling.Greedy() if gro.temperature == 0
               else sampling.Temperature(gro.temperature))
-  fixed = sft_set(config, exp.task) if gro.get('fixed_sft_set', True) else None
+  fixed = sft_set(config, exp.task) if gro.fixed_sft_set else None
   try:
     tracker = rounds.RoundTracker(exp, gro.max_new_tokens)
     for r in range(tracker.start, gro.num_rounds):

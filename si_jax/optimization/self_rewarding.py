@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from si_jax import experiment, sampling, tasks, train
+from si_jax import experiment, sampling, tasks
 from si_jax.evaluation import monitors
 from si_jax.optimization import judge, preference, rewards, rollout, rounds
 
@@ -99,8 +99,8 @@ def best_worst_pairs(ro: rollout.Rollout, scores: np.ndarray, min_gap: float):
 
 def seed_problems(config, task) -> list[tasks.Problem]:
   """The labelled seed set (IFT and EFT data): the base's, when it has one."""
-  if config.data.get('seed_set_size', 0):
-    return train.seed_split(config, task)[0][:config.gro.judge_seed_size]
+  if config.data.seed_set_size:
+    return experiment.seed_split(config, task)[0][:config.gro.judge_seed_size]
   return task.sample([config.seed, 4], config.gro.judge_seed_size)
 
 
