@@ -1,5 +1,8 @@
 """The sampler: exactness vs full recompute, padding/batch/mesh invariance, strategies, stops."""
 
+import collections
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,6 +43,26 @@ def test_greedy_with_cache_equals_full_recompute(model_and_params, sampler):
     assert list(out.tokens[i]) == _greedy_by_recompute(model, params, prompt, 12)
   assert (out.finish_reason == sampling.FINISH_REASONS.index('length')).all()
   assert (out.lengths == 12).all()
+
+
+def test_decode_step_reads_cache_and_weights_in_place(model_and_params, sampler):
+  """No decode step copies a cache-sized or weight-sized array: such a copy, every token, costs
+  as much memory traffic as the step's own math. (A [B, S, K, H] cache was transposed in full
+  and the o projection re-laid out every step.) B = 2: at B = 1 XLA still copies the cache
+  (the unit batch dim is bitcast away), a known, measured leftover."""
+  model, params = model_and_params
+  b, prompt_len, max_new = 2, 8, 8
+  tokens, mask = sampling.left_pad([[2, 3]] * b, prompt_len)
+  last, pos, cache = sampler._prefill(model, params, jnp.asarray(tokens), jnp.asarray(mask),
+                                      prompt_len + max_new)
+  hlo = sampler._decode[True].lower(
+      model, strategies.Greedy(), 1, max_new, -1, (), params, last, pos, jnp.ones(b, bool), cache,
+      jnp.arange(b, dtype=jnp.int32), jnp.int32(max_new)).compile().as_text()
+  copies = collections.Counter(re.findall(r'= f32\[([\d,]+)\]\S* copy\(', hlo))
+  size = lambda dims: int(np.prod([int(d) for d in dims.split(',')]))
+  smallest = min([cache.k[0].size] + [x.size for x in jax.tree.leaves(params) if x.ndim >= 2])
+  assert copies, 'no copies at all: the HLO pattern no longer matches, fix the test'
+  assert not {d: c for d, c in copies.items() if size(d) >= smallest}, copies
 
 
 @pytest.mark.parametrize('strategy', [strategies.Greedy(), strategies.Temperature(1.0)])

@@ -165,20 +165,26 @@ class Attention(nnx.Module):
     if cfg.position_encoding == 'rope':
       q = apply_rope(q, positions_BxT, cfg.rope_theta)
       k = apply_rope(k, positions_BxT, cfg.rope_theta)
+    # Keys/values heads-major, [B, K, S, H]: the attention dots then read them (and a decode step
+    # the whole cache) in place; a [B, S, K, H] cache was transposed in full every step.
+    k = k.transpose(0, 2, 1, 3)
+    v = v.transpose(0, 2, 1, 3)
     if cache_kv is not None:  # Write this call's keys/values at cache_index; attend over all slots.
       k_cache, v_cache = cache_kv
-      k = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), cache_index, 1)
-      v = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), cache_index, 1)
+      k = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), cache_index, 2)
+      v = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), cache_index, 2)
     b, t, n, h = q.shape
-    kv_heads = k.shape[2]
+    kv_heads = k.shape[1]
     q_BxTxKxGxH = q.reshape(b, t, kv_heads, n // kv_heads, h) * (h ** -0.5)
-    logits = jnp.einsum('BTKGH,BSKH->BKGTS', q_BxTxKxGxH, k.astype(dt),
+    logits = jnp.einsum('BTKGH,BKSH->BKGTS', q_BxTxKxGxH, k.astype(dt),
                         preferred_element_type=jnp.float32)
     logits = jnp.where(mask_BxTxS[:, None, None], logits, _MASK_VALUE)
     probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-    out_BxTxKxGxH = jnp.einsum('BKGTS,BSKH->BTKGH', probs, v.astype(dt))
-    out = jnp.einsum('BTNH,NHD->BTD', out_BxTxKxGxH.reshape(b, t, n, h),
-                     self.o_NxHxD[...].astype(dt))
+    out_BxKxGxTxH = jnp.einsum('BKGTS,BKSH->BKGTH', probs, v.astype(dt))
+    # Heads flattened on both sides ([N*H, D] is a free reshape of o): 'BTNH,NHD' made XLA
+    # transpose the whole o weight every decode step instead of the small activation.
+    out_BxTxE = out_BxKxGxTxH.transpose(0, 3, 1, 2, 4).reshape(b, t, n * h)
+    out = jnp.einsum('BTE,ED->BTD', out_BxTxE, self.o_NxHxD[...].astype(dt).reshape(n * h, -1))
     return out, (k, v)
 
 
@@ -273,8 +279,8 @@ class KVCache:
   sampler); `valid_BxS` marks slots holding real tokens, so padding and unwritten slots are
   never attended to.
   """
-  k: list[jax.Array]  # L x [B, S, K, H]
-  v: list[jax.Array]  # L x [B, S, K, H]
+  k: list[jax.Array]  # L x [B, K, S, H]
+  v: list[jax.Array]  # L x [B, K, S, H]
   valid_BxS: jax.Array  # bool
   index: jax.Array  # int32 scalar
 
@@ -284,7 +290,7 @@ class KVCache:
 
 
 def init_cache(cfg: TransformerConfig, batch_size: int, max_len: int, dtype=None) -> KVCache:
-  shape = (batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+  shape = (batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
   dtype = dtype or cfg.jnp_dtype
   return KVCache(
       k=[jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)],

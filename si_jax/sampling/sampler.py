@@ -182,7 +182,7 @@ class Sampler:
       return None
     spec = lambda *axes: NamedSharding(self.mesh, sharding.logical_to_spec(
         axes, None, self.mesh, self.rules))
-    kv = spec('batch', None, 'kv_heads', 'head_dim')
+    kv = spec('batch', 'kv_heads', None, 'head_dim')
     layers = self.model.cfg.num_layers
     return models.KVCache(k=[kv] * layers, v=[kv] * layers, valid_BxS=spec('batch', None),
                           index=spec())
