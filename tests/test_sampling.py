@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from si_jax import models, sampling, sharding
+from si_jax import layout, models, sampling, sharding
 from si_jax.sampling import strategies
 from si_jax.tokenizers import Tokenizer
 from tests.helpers import tiny_model_config
@@ -52,7 +52,7 @@ def test_decode_step_reads_cache_and_weights_in_place(model_and_params, sampler)
   (the unit batch dim is bitcast away), a known, measured leftover."""
   model, params = model_and_params
   b, prompt_len, max_new = 2, 8, 8
-  tokens, mask = sampling.left_pad([[2, 3]] * b, prompt_len)
+  tokens, mask = layout.left_pad([[2, 3]] * b, prompt_len)
   last, pos, cache = sampler._prefill(model, params, jnp.asarray(tokens), jnp.asarray(mask),
                                       prompt_len + max_new)
   hlo = sampler._decode[True].lower(

@@ -1,6 +1,6 @@
 """SAMPLE benchmark (shared/BENCHMARKS.md): REF-25M, 32 prompt tokens, exactly 64 new, greedy.
 
-  python -m experiments.benchmarks.sampling [--batch_sizes=1,16,64] [--repeats=3]
+  python -m experiments.benchmarks.sampling [--batch_sizes=1,16,64] [--repeats=3] [--nono_cache]
 
 For each batch size: prefill time, decode tokens/s (B * 64 / total time), time per decode step,
 process peak RSS, and the roofline bounds on this machine, measured here (matmul peak) or taken
@@ -25,6 +25,7 @@ from experiments.benchmarks.train_step import matmul_peak_flops
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '16', '64'], 'Batch sizes.')
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed runs per batch size (median reported).')
 _BANDWIDTH = flags.DEFINE_float('bandwidth_gbs', 35.0, 'Memory bandwidth, GB/s (STACK-NOTES).')
+_NO_CACHE = flags.DEFINE_bool('no_cache', True, 'Also time the no-cache baseline (minutes at B=64).')
 PROMPT, NEW = 32, 64
 
 
@@ -66,17 +67,19 @@ def main(_):
                      2 * n_params * b / peak)
     prefill_bound = 2 * n_params * b * PROMPT / peak
     bound_tps = b * NEW / (prefill_bound + NEW * step_bound)
-    buf = jnp.zeros((b, PROMPT + NEW), jnp.int32).at[:, :PROMPT].set(tokens)
-    def no_cache():
-      t = buf
-      for i in range(NEW):
-        t = t.at[:, PROMPT + i].set(no_cache_step(params, t))
-      jax.block_until_ready(t)
-    no_cache_time = _timed(no_cache, 1)
+    no_cache_tps = float('nan')
+    if _NO_CACHE.value:
+      buf = jnp.zeros((b, PROMPT + NEW), jnp.int32).at[:, :PROMPT].set(tokens)
+      def no_cache():
+        t = buf
+        for i in range(NEW):
+          t = t.at[:, PROMPT + i].set(no_cache_step(params, t))
+        jax.block_until_ready(t)
+      no_cache_tps = b * NEW / _timed(no_cache, 1)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f'| {b} | {prefill_time * 1e3:.1f} ms | {prefill_bound * 1e3:.1f} ms | '
           f'{b * NEW / total:,.0f} | {bound_tps:,.0f} | {b * NEW / total / bound_tps:.0%} | '
-          f'{step_time * 1e3:.2f} | {b * NEW / no_cache_time:,.0f} | {rss:.2f} GiB |')
+          f'{step_time * 1e3:.2f} | {no_cache_tps:,.0f} | {rss:.2f} GiB |')
 
 
 if __name__ == '__main__':
