@@ -61,10 +61,10 @@ def test_bad_command_lines_stop_before_any_work_and_name_the_key(tmp_path):
 def test_every_bad_value_is_listed_at_once():
   from configs import self_train_arithmetic  # pylint: disable=g-import-not-at-top
   config = self_train_arithmetic.get_config()
-  config.loop.num_rounds, config.data.seed_set_size, config.loop.seed_mix_ratio = -1, 0, 2.0
+  config.loop.num_rounds, config.data.seed_set_size, config.loop.seed_mix_ratio = -1, -5, 2.0
   found = config_checks.problems(config)
   assert [p.split(':')[0] for p in found] == [
-      'config.data.seed_set_size=0', 'config.loop.num_rounds=-1', 'config.loop.seed_mix_ratio=2.0']
+      'config.data.seed_set_size=-5', 'config.loop.num_rounds=-1', 'config.loop.seed_mix_ratio=2.0']
 
 
 def test_read_only_workdir_fails_before_work_and_is_left_alone(tmp_path):

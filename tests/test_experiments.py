@@ -7,7 +7,10 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-SCRIPTS = sorted(p for p in (ROOT / 'experiments').rglob('*.py') if p.name != '__init__.py')
+# A script runs as a module (`if __name__ == '__main__'`); helpers such as experiments/report.py
+# are imported by scripts and documented as libraries.
+SCRIPTS = sorted(p for p in (ROOT / 'experiments').rglob('*.py')
+                 if "if __name__ == '__main__'" in p.read_text())
 
 
 def _module(path: pathlib.Path) -> str:

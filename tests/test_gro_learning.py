@@ -1,6 +1,6 @@
 """GRO really improves a model: the GRPO update raises the held-out verified reward of a weak SFT
-model; DAPO beats continued SFT at equal steps (experiments/rl/versus_sft.py: 2 seeds, GRPO,
-DAPO and RLOO; its README holds the numbers: GRPO and RLOO do not beat it there).
+model. Against continued SFT at equal steps no GRPO variant wins reliably yet
+(experiments/rl/versus_sft.py and its README), so no test claims it.
 
 Weak base models (short SFT runs on string reversal) are shared by the learning tests.
 """
@@ -9,7 +9,6 @@ import ml_collections
 import pytest
 
 from configs import grpo_addition
-from experiments.rl import versus_sft
 from si_jax import experiment, sampling, train
 from si_jax.evaluation import accuracy
 from si_jax.optimization import online_rl
@@ -51,30 +50,3 @@ def test_grpo_raises_held_out_verified_reward(base_model, tmp_path):
   result = online_rl.run(config)
   print('GRPO held-out sampled reward', initial, '->', result)
   assert result['eval_reward'] > initial + 0.03, (initial, result)
-
-
-RL_STEPS = 120  # Optimizer steps of RL and of the SFT control (60 rollouts x 2 epochs).
-
-
-@pytest.fixture(scope='module')
-def seed_set_base(tmp_path_factory):
-  """(root, a weak base trained on a 256-problem seed set, the held-out rewards of the control:
-  RL_STEPS more SFT steps on that seed set)."""
-  root = tmp_path_factory.mktemp('rl_vs_sft')
-  base_dir = train.warm_start(versus_sft.reverse_config(str(root / 'base_run'), steps=RL_STEPS))
-  control = versus_sft.continued_sft(versus_sft.reverse_config(str(root / 'sft'), steps=RL_STEPS),
-                                     base_dir, RL_STEPS)
-  return root, base_dir, control
-
-
-def test_dapo_beats_continued_sft_at_equal_steps(seed_set_base):
-  """RL on fresh problems with the verifier vs SFT on the labelled seed set, from one base: the
-  paired held-out reward difference exceeds 2 standard errors (seen: +0.047 +- 0.018)."""
-  root, base_dir, control = seed_set_base
-  algorithm = 'dapo'
-  config = versus_sft.reverse_config(str(root / algorithm), algorithm, steps=RL_STEPS)
-  rl = versus_sft.online_rl_rewards(config, base_dir)
-  diff, se = versus_sft.paired(rl, control)
-  print(f'{algorithm} held-out reward {rl.mean():.3f} vs continued SFT {control.mean():.3f}: '
-        f'{diff:+.3f} +- {se:.3f}')
-  assert diff > 2 * se, (algorithm, diff, se)
