@@ -39,8 +39,6 @@ from si_jax.evaluation import controller, stage as evaluation
 from si_jax.optimization import rounds, stage as optimization, tuned_sft
 from si_jax.selection import stage as selection
 
-REPORTED_ONLY = evaluation.REPORTED_ONLY
-
 
 def check(loop) -> None:
   """Every config.loop key the stages read, named when wrong, before any work."""

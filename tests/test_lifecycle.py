@@ -144,7 +144,7 @@ def test_no_ground_truth_reaches_a_decision_or_a_training_example(base_dir, tmp_
   for r in stores[0].rounds():
     assert stores[0].read_round(r) == stores[1].read_round(r)
   for a, b in zip(honest['history'], blind['history'], strict=True):
-    decided = lambda row: {k: v for k, v in row.items() if k not in lifecycle.REPORTED_ONLY}
+    decided = lambda row: {k: v for k, v in row.items() if k not in evaluation_stage.REPORTED_ONLY}
     assert decided(a) == decided(b)  # Actions, reasons, monitors, losses, validation.
   assert [row['self'] for row in honest['history']] != [row['self'] for row in blind['history']]
 

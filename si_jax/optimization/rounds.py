@@ -67,12 +67,12 @@ def train_sft(exp: Experiment, step_fn, prompts: list[str], completions: list[st
 
 def pair_arrays(tokenizer, prompts, chosen, rejected, width: int) -> dict[str, np.ndarray]:
   """The preference batch: prompts left-padded, chosen / rejected (+ eos) padded or cut to width."""
-  out = {}
+  prompt, prompt_mask = layout.encode_prompts(tokenizer, prompts)
+  out = {'prompt': prompt, 'prompt_mask': prompt_mask}
   for name, texts in (('chosen', chosen), ('rejected', rejected)):
-    prompt, prompt_mask, tokens, mask = layout.encode_prompt_completion(
-        tokenizer, prompts, texts, width=width)
-    out[f'{name}_completion'], out[f'{name}_mask'] = tokens, mask
-  return {'prompt': prompt, 'prompt_mask': prompt_mask, **out}
+    out[f'{name}_completion'], out[f'{name}_mask'] = layout.right_pad(
+        tokenizer.encode_batch(list(texts), eos=True), width)
+  return out
 
 
 def train_preference(exp: Experiment, step_fn, cfg: preference.PreferenceConfig, ref_params,
