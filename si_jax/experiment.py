@@ -1,7 +1,9 @@
 """What every loop sets up first: mesh, task, tokenizer, sharded state, checkpoints.
 
-`setup(config, total_steps)` returns these as plain fields; the loops (si_jax/train.py and the
-GRO paradigms in si_jax/optimization/) stay in charge of their own control flow. Start-up order:
+`setup(config, total_steps)` returns these as plain fields, and the train state on its own: the
+loops (si_jax/train.py and the GRO paradigms in si_jax/optimization/) thread it through their
+steps as a value, `state, metrics = step(state, batch)`, and hand it to `save`; nothing keeps a
+second, stale reference to buffers a donated step has consumed. Start-up order:
   1. resume: the run's own workdir holds a checkpoint -> state, tokenizer and metadata from it;
   2. warm start: `config.init_from` names an earlier run's workdir (or an HF checkpoint, see
      `config.init_from_hf`) -> its tokenizer and params, with a fresh optimizer (how GRO loops
@@ -34,17 +36,16 @@ class Experiment:
   model: models.Model
   tx: optax.GradientTransformation
   schedule: optax.Schedule
-  state: train_state.TrainState
   shardings: train_state.TrainState
   ckpt: checkpoint.Checkpointer
   writer: metrics.JsonlWriter
   meta: dict[str, Any]  # Written with every checkpoint; the loop adds its own progress to it.
   resumed: bool
 
-  def save(self, step: int, **progress):
-    """Checkpoints the state with the metadata plus this loop's progress (round, cursors...)."""
+  def save(self, step: int, state: train_state.TrainState, **progress):
+    """Checkpoints `state` with the metadata plus this loop's progress (round, cursors...)."""
     self.meta.update(progress)
-    self.ckpt.save(step, self.state, self.meta, force=True)
+    self.ckpt.save(step, state, self.meta, force=True)
 
   def abstract_state(self) -> train_state.TrainState:
     """Shapes, dtypes and shardings of this experiment's train state (to restore into)."""
@@ -83,8 +84,8 @@ def _tokenizer(task: tasks.Task, workdir: str, init_from: str, extra_chars: str)
   return tokenizer
 
 
-def setup(config, total_steps: int) -> Experiment:
-  """Builds everything a loop needs from `config` (see configs/base.py)."""
+def setup(config, total_steps: int) -> tuple[Experiment, train_state.TrainState]:
+  """Everything a loop needs from `config` (see configs/base.py), and its starting state."""
   sharding.maybe_initialize_distributed()
   mesh = sharding.make_mesh(config.mesh)
   model_cfg = models.TransformerConfig.from_config_dict(config.model)
@@ -114,8 +115,9 @@ def setup(config, total_steps: int) -> Experiment:
     state = state.replace(params=params)
     logging.info('Warm start from %s', init_from)
   writer = metrics.JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))
-  return Experiment(config, mesh, task, tokenizer, model, tx, schedule, state, shardings, ckpt,
-                    writer, meta, resumed)
+  exp = Experiment(config, mesh, task, tokenizer, model, tx, schedule, shardings, ckpt, writer,
+                   meta, resumed)
+  return exp, state
 
 
 def seed_set(config, task) -> list:

@@ -53,7 +53,7 @@ def run(config) -> dict:
   """The closed loop per `config.loop` (see configs/self_train_arithmetic.py)."""
   loop = config.loop
   check(loop)
-  exp = experiment.setup(config, loop.num_rounds * loop.sft_steps)
+  exp, state = experiment.setup(config, loop.num_rounds * loop.sft_steps)
   task, workdir, max_new = exp.task, config.workdir, loop.max_new_tokens
   seed_train, seed_val = experiment.seed_split(config, task)
   if not seed_val:
@@ -71,7 +71,6 @@ def run(config) -> dict:
   exp.writer.rewind(progress['history'][-1]['round'] if progress['history'] else -1)
   sampler = sampling.Sampler(exp.model, exp.mesh)
   step_fn = rounds.sft_step(exp)
-  state = exp.state
   tb = report.TensorBoard(os.path.join(workdir, 'tensorboard'))
 
   def bench(r):
@@ -84,12 +83,11 @@ def run(config) -> dict:
     return {'validation_accuracy': float(np.mean(signals['correct'])),
             'validation_nll': float(np.mean(signals['nll']))}
 
-  def finish_round(row):
-    exp.state = state
+  def finish_round(row, state):
     progress['history'].append(row)
     progress['round'] = row['round']
     report.log_round(exp.writer, tb, row)
-    exp.save(row['round'], round=row['round'], loop=progress)
+    exp.save(row['round'], state, round=row['round'], loop=progress)
 
   try:
     # The tuned control: the best model the seed set alone buys for the loop's step budget.
@@ -108,7 +106,7 @@ def run(config) -> dict:
                     'base': evaluation.by_level(problems, base),
                     **validate(0, state.params),
                     **evaluation.compare_arms(exp, problems, state.params, control_params,
-                                              max_new)})
+                                              max_new)}, state)
 
     bar = tqdm.trange(progress['round'], loop.num_rounds, initial=progress['round'],
                       total=loop.num_rounds, desc='rounds')
@@ -155,7 +153,7 @@ def run(config) -> dict:
       if decision.action == 'rollback':
         state = exp.restore(decision.rollback_to)
       progress['controller'] = ctl.to_dict()
-      finish_round(row)
+      finish_round(row, state)
       bar.set_postfix(benchmark=f"{row['benchmark']:.2f}",
                       control=f"{row['control_benchmark']:.2f}", action=decision.action)
       if decision.action == 'stop' and loop.stop_on_plateau:

@@ -43,8 +43,8 @@ def _prompts(config, task, step: int, problems) -> list[str]:
 def run(config) -> dict:
   """Trains per `config` (see configs/sft_reverse.py) and returns the final metrics."""
   # --- Setup: mesh, task, tokenizer, sharded state (resumed or warm-started) ---
-  exp = experiment.setup(config, config.train.num_steps)
-  model, tokenizer, task, mesh, state = exp.model, exp.tokenizer, exp.task, exp.mesh, exp.state
+  exp, state = experiment.setup(config, config.train.num_steps)
+  model, tokenizer, task, mesh = exp.model, exp.tokenizer, exp.task, exp.mesh
   print(f'Model: {models.param_count(state.params):,} parameters; mesh {dict(mesh.shape)}')
 
   # --- Train ---
@@ -67,8 +67,7 @@ def run(config) -> dict:
         writer.write(step + 1, logged)
         bar.set_postfix(loss=f"{logged['loss']:.4f}", acc=f"{logged['token_accuracy']:.3f}")
       if (step + 1) % config.checkpoint.every_steps == 0 or step + 1 == num_steps:
-        exp.state = state
-        exp.save(step + 1)
+        exp.save(step + 1, state)
   finally:
     ckpt.close()
 

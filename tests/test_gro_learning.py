@@ -40,10 +40,10 @@ def test_grpo_raises_held_out_verified_reward(base_model, tmp_path):
   # DAPO's token mean, as this test was tuned: with GRPO's per-sequence mean (the default) this
   # run measured +0.028, under the margin (experiments/rl/README.md compares the variants).
   config.rl.aggregation = 'token_mean'
-  before = experiment.setup(config, 1)
+  before, state = experiment.setup(config, 1)
   problems = before.task.sample([config.seed, 1], config.train.eval_size)
   initial = accuracy.sampled_reward(
-      sampling.Sampler(before.model), before.state.params, before.tokenizer, before.task,
+      sampling.Sampler(before.model), state.params, before.tokenizer, before.task,
       problems, n=config.rl.eval_samples, max_new_tokens=config.rl.max_new_tokens,
       strategy=sampling.Temperature(config.rl.temperature), seed=config.seed)
   before.ckpt.close()

@@ -226,12 +226,12 @@ def test_main_job_starts_from_an_hf_checkpoint(tmp_path):
   with pytest.raises(FileNotFoundError, match='no sentencepiece tokenizer.model'):
     experiment.setup(config, total_steps=2)
   tokenizer.save(hf_dir)
-  exp = experiment.setup(config, total_steps=2)
+  exp, state = experiment.setup(config, total_steps=2)
   assert exp.model.cfg == hf.load_config(hf_dir)
   assert exp.tokenizer.model_proto == tokenizer.model_proto
   tokens, mask = _padded_batch()
   tokens, real = tokens % tokenizer.vocab_size, mask.astype(bool)
-  np.testing.assert_allclose(_our_logits(exp.model.cfg, exp.state.params, tokens, mask)[real],
+  np.testing.assert_allclose(_our_logits(exp.model.cfg, state.params, tokens, mask)[real],
                              _hf_logits(hf_model, tokens, mask)[real], atol=1e-4)
   exp.ckpt.close()
   with config.unlocked():

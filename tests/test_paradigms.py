@@ -81,7 +81,7 @@ def test_dpo_raises_the_margin_on_held_out_pairs(base_model, tmp_path):
   trained on rises above the reference's 0."""
   config = rs_config.get_config()
   config.workdir, config.init_from = str(tmp_path), base_model
-  exp = experiment.setup(config, 40)
+  exp, state = experiment.setup(config, 40)
   cfg = preference.PreferenceConfig(loss='dpo', beta=0.1)
   problems = exp.task.sample([0, 7], 256)
   wrong = [problems[(i + 1) % len(problems)].answer for i in range(len(problems))]
@@ -89,7 +89,7 @@ def test_dpo_raises_the_margin_on_held_out_pairs(base_model, tmp_path):
   prompts = [problems[i].prompt for i in keep]
   chosen, rejected = [problems[i].answer for i in keep], [wrong[i] for i in keep]
   train, held = slice(0, 192), slice(192, None)
-  reference = rounds.frozen_copy(exp.state.params)
+  reference = rounds.frozen_copy(state.params)
 
   def held_out_margin(params):
     arrays = rounds.pair_arrays(exp.tokenizer, prompts[held], chosen[held], rejected[held], 11)
@@ -100,11 +100,11 @@ def test_dpo_raises_the_margin_on_held_out_pairs(base_model, tmp_path):
     return float(np.mean((seq(params, 'chosen') - seq(reference, 'chosen'))
                          - (seq(params, 'rejected') - seq(reference, 'rejected'))))
 
-  assert held_out_margin(exp.state.params) == 0.0
-  rounds.train_preference(exp, rounds.preference_step(exp, cfg), cfg, reference, prompts[train],
-                          chosen[train], rejected[train], width=11, num_steps=12, batch_size=32,
-                          seed=0, max_epochs=2)
-  margin = held_out_margin(exp.state.params)
+  assert held_out_margin(state.params) == 0.0
+  state, _ = rounds.train_preference(
+      exp, rounds.preference_step(exp, cfg), state, cfg, reference, prompts[train], chosen[train],
+      rejected[train], width=11, num_steps=12, batch_size=32, seed=0, max_epochs=2)
+  margin = held_out_margin(state.params)
   exp.ckpt.close()
   assert margin > 1.0, margin
 
@@ -119,25 +119,24 @@ def test_rest_em_restart_is_a_fresh_fine_tuning_run(base_model, tmp_path):
   before, does not."""
   config = rs_config.get_config()
   config.workdir, config.init_from = str(tmp_path), base_model
-  exp = experiment.setup(config, 8)
-  step_fn, base = rounds.sft_step(exp), rounds.base_params(exp)
+  exp, state = experiment.setup(config, 8)
+  step_fn, base = rounds.sft_step(exp), rounds.base_params(exp, state)
   problems = exp.task.sample([0, 9], 64)
   data = [p.prompt for p in problems], [p.answer for p in problems]
-  fit = lambda state, seed: rounds.fit_sft(exp, step_fn, state, *data, num_steps=2, batch_size=16,
-                                           seed=seed, max_epochs=10)[0]
-  state = fit(exp.state, 0)  # A fresh run from the base (step 0, zero moments): donated.
+  fit = lambda state, seed: rounds.train_sft(exp, step_fn, state, *data, num_steps=2,
+                                             batch_size=16, seed=seed, max_epochs=10)[0]
+  state = fit(state, 0)  # A fresh run from the base (step 0, zero moments): donated.
   want = rounds.frozen_copy(state.params)
   state = fit(state, 1)  # Two more steps: moments and step move on.
   assert int(state.step) == 4
   state = fit(state.replace(params=rounds.frozen_copy(base)), 0)  # Params reset, moments kept.
   kept_moments = rounds.frozen_copy(state.params)
-  exp.state = state
   restart = rounds.restarter(exp)
-  restart(base)
-  assert int(exp.state.step) == 0
-  for leaf in jax.tree.leaves(exp.state.opt_state):
+  state = restart(state, base)
+  assert int(state.step) == 0
+  for leaf in jax.tree.leaves(state.opt_state):
     assert not np.any(np.asarray(leaf)), 'optimizer state not reset'
-  jax.tree.map(np.testing.assert_array_equal, fit(exp.state, 0).params, want)
+  jax.tree.map(np.testing.assert_array_equal, fit(state, 0).params, want)
   assert any(np.any(np.asarray(a) != np.asarray(b))
              for a, b in zip(jax.tree.leaves(kept_moments), jax.tree.leaves(want)))
   exp.ckpt.close()
@@ -160,17 +159,16 @@ def test_star_rationalization_keeps_the_models_rationale_without_the_hint(monkey
                            finish_reason=None, sampler_logprobs=None)
 
   monkeypatch.setattr(rollout, 'rollout', fake_rollout)
-  exp = types.SimpleNamespace(task=task, state=types.SimpleNamespace(params=None),
-                              tokenizer=None)
+  exp = types.SimpleNamespace(task=task, tokenizer=None)
   gro = types.SimpleNamespace(group_size=1, max_new_tokens=16, accept_threshold=1.0)
   reward = lambda prompts, completions, answers: np.array(
       [task.verify(tasks.Problem(p, a, 0), c) for p, c, a in zip(prompts, completions, answers)])
   prompts, rationales = rejection_sampling.rationalize(
-      exp, None, reward, problems, set(), template='{answer}|{prompt}', gro=gro, strategy=None,
+      exp, None, None, reward, problems, set(), template='{answer}|{prompt}', gro=gro, strategy=None,
       seed=0)
   assert seen == ['408|12*34=', '56|7*8=']  # The product, never the written steps.
   assert (prompts, rationales) == (['12*34='], ['84+063#408'])
-  assert rejection_sampling.rationalize(exp, None, reward, problems, {'12*34=', '7*8='},
+  assert rejection_sampling.rationalize(exp, None, None, reward, problems, {'12*34=', '7*8='},
                                         template='', gro=gro, strategy=None, seed=0) == ([], [])
 
 

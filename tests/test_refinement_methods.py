@@ -157,19 +157,20 @@ def _config(workdir: str, learning_rate: float, schedule: str) -> ml_collections
 
 @pytest.fixture(scope='module')
 def weak(tmp_path_factory):
-  """(base experiment after 100 SFT steps on labelled problems: ~50% greedy accuracy, the rule
-  not yet learnt past 3 letters; a test-time experiment on the same model with a fresh optimizer
-  at a small constant LR; its initial state; one shared sampler)."""
+  """(base experiment; its params after 100 SFT steps on labelled problems: ~50% greedy
+  accuracy, the rule not yet learnt past 3 letters; a test-time experiment on the same model with
+  a fresh optimizer at a small constant LR; its initial state, to copy for each adaptation (the
+  updates donate the state they are given); one shared sampler)."""
   root = tmp_path_factory.mktemp('refine')
-  base = experiment.setup(_config(str(root / 'base'), 1e-2, 'cosine'), BASE_STEPS)
+  base, state = experiment.setup(_config(str(root / 'base'), 1e-2, 'cosine'), BASE_STEPS)
   problems = base.task.sample([0, 0], BASE_STEPS * 64)
-  rounds.train_sft(base, rounds.sft_step(base), [p.prompt for p in problems],
-                   [p.answer for p in problems], num_steps=BASE_STEPS, batch_size=64, seed=0,
-                   max_epochs=1)
-  tt = experiment.setup(_config(str(root / 'tt'), 3e-4, 'constant'), 1)
+  state, _ = rounds.train_sft(base, rounds.sft_step(base), state, [p.prompt for p in problems],
+                              [p.answer for p in problems], num_steps=BASE_STEPS, batch_size=64,
+                              seed=0, max_epochs=1)
+  tt, tt_state = experiment.setup(_config(str(root / 'tt'), 3e-4, 'constant'), 1)
   tt.tokenizer = base.tokenizer
-  tt.state = tt.state.replace(params=rounds.frozen_copy(base.state.params))
-  yield base, tt, rounds.frozen_copy(tt.state), sampling.Sampler(base.model, base.mesh)
+  initial = rounds.frozen_copy(tt_state.replace(params=state.params))
+  yield base, state.params, tt, initial, sampling.Sampler(base.model, base.mesh)
   base.ckpt.close()
   tt.ckpt.close()
 
@@ -182,7 +183,7 @@ def _match(problem: Problem, completion: str) -> float:
 
 @pytest.mark.xdist_group('refine_weak')
 def test_self_refine_stops_at_the_first_passing_critique_and_respects_max_rounds(weak):
-  base, _, _, sampler = weak
+  base, params, _, _, sampler = weak
   problems = base.task.generate(seed=3, n=4, difficulty=5)
   pass_at = {problems[0].prompt: 1, problems[1].prompt: 2, problems[2].prompt: 99,
              problems[3].prompt: 3}
@@ -193,7 +194,7 @@ def test_self_refine_stops_at_the_first_passing_critique_and_respects_max_rounds
     calls.update(prompts)
     return np.asarray([float(calls[p] >= pass_at[p]) for p in prompts])
 
-  out = self_refine.self_refine(sampler, base.state.params, base.tokenizer, base.task, problems,
+  out = self_refine.self_refine(sampler, params, base.tokenizer, base.task, problems,
                                 critic=critic, max_rounds=3, max_new_tokens=MAX_NEW)
   np.testing.assert_array_equal(out.rounds, [1, 2, 3, 3])
   assert out.samples == out.critiques == 9 and out.generated_tokens > 0
@@ -206,13 +207,13 @@ def test_self_refine_stops_at_the_first_passing_critique_and_respects_max_rounds
 
 @pytest.mark.xdist_group('refine_weak')
 def test_self_refine_never_returns_a_worse_verified_answer_than_its_first(weak):
-  base, _, _, sampler = weak
+  base, params, _, _, sampler = weak
   problems = base.task.generate(seed=4, n=8, difficulty=6)
   # An adversarial critic that prefers worse answers and never passes: only the verifier can
   # keep the refinement from returning something worse than the first attempt.
   critic = lambda prompts, completions: -np.asarray(
       [_match(Problem(p, base.task.solve(p), 6), c) for p, c in zip(prompts, completions)])
-  out = self_refine.self_refine(sampler, base.state.params, base.tokenizer, base.task, problems,
+  out = self_refine.self_refine(sampler, params, base.tokenizer, base.task, problems,
                                 critic=critic, verifier=_match, max_rounds=4,
                                 strategy=sampling.Temperature(1.0), max_new_tokens=MAX_NEW)
   got_worse = False
@@ -226,10 +227,10 @@ def test_self_refine_never_returns_a_worse_verified_answer_than_its_first(weak):
 
 @pytest.mark.xdist_group('refine_weak')
 def test_reflexion_memory_holds_the_earlier_failures(weak):
-  base, _, _, sampler = weak
+  base, params, _, _, sampler = weak
   problems = base.task.generate(seed=5, n=2, difficulty=4)
   never = lambda prompts, completions: np.zeros(len(prompts))
-  out = self_refine.reflexion(sampler, base.state.params, base.tokenizer, base.task, problems,
+  out = self_refine.reflexion(sampler, params, base.tokenizer, base.task, problems,
                               critic=never, max_trials=4, max_memory=2,
                               strategy=sampling.Temperature(1.0), max_new_tokens=MAX_NEW)
   np.testing.assert_array_equal(out.rounds, [4, 4])
@@ -243,11 +244,11 @@ def test_reflexion_memory_holds_the_earlier_failures(weak):
 
 @pytest.mark.xdist_group('refine_weak')
 def test_beam_search_of_width_one_is_greedy_decoding(weak):
-  base, _, _, sampler = weak
+  base, params, _, _, sampler = weak
   problems = base.task.sample([6], 8)
-  texts, _ = sampler.generate(base.state.params, base.tokenizer, [p.prompt for p in problems],
+  texts, _ = sampler.generate(params, base.tokenizer, [p.prompt for p in problems],
                               max_new_tokens=MAX_NEW)
-  beam = tree_search.beam_search(sampler, base.state.params, base.tokenizer, base.task, problems,
+  beam = tree_search.beam_search(sampler, params, base.tokenizer, base.task, problems,
                                  step_tokens=3, max_new_tokens=MAX_NEW, **GREEDY)
   assert beam.completions == [t[0] for t in texts]
   assert beam.steps >= 2  # Several chunks were stitched together.
@@ -264,9 +265,9 @@ class LabelTrap:
     raise AssertionError('test-time training read a reference answer')
 
 
-def _maj(exp, sampler, problems, seed=123) -> tuple[float, float]:
+def _maj(exp, params, sampler, problems, seed=123) -> tuple[float, float]:
   """(maj@4 averaged over 4 disjoint sets of 4 samples, maj@16) at temperature 1."""
-  texts, _ = sampler.generate(exp.state.params, exp.tokenizer, [p.prompt for p in problems],
+  texts, _ = sampler.generate(params, exp.tokenizer, [p.prompt for p in problems],
                               max_new_tokens=MAX_NEW, strategy=sampling.Temperature(1.0), n=16,
                               seed=seed)
   maj4 = np.mean([metrics.maj_at_k(exp.task, problems, [t[i:i + 4] for t in texts], 4).mean()
@@ -282,15 +283,14 @@ def _frontier(exp, seed: int) -> list[Problem]:
 
 @pytest.mark.xdist_group('refine_weak')
 def test_ttrl_raises_maj_at_n_on_unlabeled_test_problems(weak):
-  _, tt, initial, sampler = weak
-  tt.state = rounds.frozen_copy(initial)
+  _, _, tt, initial, sampler = weak
   problems = _frontier(tt, seed=7)
-  before = _maj(tt, sampler, problems)
+  before = _maj(tt, initial.params, sampler, problems)
   cfg = adaptation.TTRLConfig(num_iterations=30, prompts_per_iteration=16, group_size=8,
                              max_new_tokens=MAX_NEW)
-  result = adaptation.ttrl(tt, [LabelTrap(p) for p in problems], cfg, answer_n=16, seed=0,
-                          sampler=sampler)
-  after = _maj(tt, sampler, problems)
+  result = adaptation.ttrl(tt, rounds.frozen_copy(initial), [LabelTrap(p) for p in problems],
+                           cfg, answer_n=16, seed=0, sampler=sampler)
+  after = _maj(tt, result.state.params, sampler, problems)
   print('TTRL maj@4, maj@16:', before, '->', after)
   assert after[0] >= before[0] + 0.05, (before, after)  # Seen: +0.12 to +0.18 over 5 seeds.
   assert after[1] >= before[1] - 0.05, (before, after)  # No collapse onto wrong answers.
@@ -302,15 +302,14 @@ def test_ttrl_raises_maj_at_n_on_unlabeled_test_problems(weak):
 
 @pytest.mark.xdist_group('refine_weak')
 def test_test_time_sft_makes_the_model_agree_with_its_majority_without_labels(weak):
-  _, tt, initial, sampler = weak
-  tt.state = rounds.frozen_copy(initial)
+  _, _, tt, initial, sampler = weak
   problems = _frontier(tt, seed=8)
-  before = _maj(tt, sampler, problems)
+  before = _maj(tt, initial.params, sampler, problems)
   cfg = adaptation.SFTConfig(num_rounds=2, group_size=8, sft_steps=8, batch_size=32,
                             max_new_tokens=MAX_NEW)
-  result = adaptation.sft(tt, [LabelTrap(p) for p in problems], cfg, answer_n=16, seed=0,
-                         sampler=sampler)
-  after = _maj(tt, sampler, problems)
+  result = adaptation.sft(tt, rounds.frozen_copy(initial), [LabelTrap(p) for p in problems], cfg,
+                          answer_n=16, seed=0, sampler=sampler)
+  after = _maj(tt, result.state.params, sampler, problems)
   print('test-time SFT maj@4, maj@16:', before, '->', after)
   first, second = result.history
   assert first['examples'] > 0 and result.updates > 0 and result.samples == 2 * 64 * 8
@@ -338,9 +337,8 @@ def test_accuracy_at_k_is_the_ttrl_papers_avg_and_maj():
   texts = [['ba', 'ab', 'ba', 'x'],  # 2/4 right, majority right
            ['cd', 'cd', 'dc', 'dc'],  # 2/4 right, tie -> first seen ('cd') wrong
            ['ee', 'e', 'e', 'ee']]  # 2/4 right, tie -> first seen right
-  exp = type('Exp', (), {'state': type('S', (), {'params': None}), 'tokenizer': None,
-                         'task': REVERSE})
-  got = adaptation.accuracy_at_k(exp, _FixedSamples(texts), problems, 4, temperature=1.0,
+  exp = type('Exp', (), {'tokenizer': None, 'task': REVERSE})
+  got = adaptation.accuracy_at_k(exp, _FixedSamples(texts), None, problems, 4, temperature=1.0,
                                 max_new_tokens=4)
   assert got == {'avg@4': 0.5, 'maj@4': 2 / 3}
 
@@ -356,22 +354,20 @@ def test_ttrl_config_refuses_a_vote_smaller_than_the_training_group():
 def test_ttrl_votes_over_more_samples_than_it_trains_on_and_the_upper_bound_reads_labels(weak):
   """One iteration each, shaped as the TTRL test above trains (16 x 8 rows) and as it answers,
   so the compiled programs are shared."""
-  _, tt, initial, sampler = weak
+  _, _, tt, initial, sampler = weak
   problems = _frontier(tt, seed=9)[:16]
   cfg = adaptation.TTRLConfig(num_iterations=1, prompts_per_iteration=16, group_size=8,
                              vote_size=16, max_new_tokens=MAX_NEW)
   step_fn = adaptation.ttrl_step(tt, cfg)
-  run = lambda probs, c: adaptation.ttrl(tt, probs, c, answer_n=16, sampler=sampler,
-                                        step_fn=step_fn)
-  tt.state = rounds.frozen_copy(initial)
+  run = lambda probs, c: adaptation.ttrl(tt, rounds.frozen_copy(initial), probs, c, answer_n=16,
+                                        sampler=sampler, step_fn=step_fn)
   result = run([LabelTrap(p) for p in problems], cfg)
   assert result.samples == 16 * 16 and result.updates == 1  # Voted over 16 per problem ...
   assert result.history[0]['weight'] == 16 * 8  # ... trained on 8 (sequences).
   labelled = dataclasses.replace(cfg, reward='verifiable')
-  tt.state = rounds.frozen_copy(initial)
   with pytest.raises(AssertionError, match='read a reference answer'):
     run([LabelTrap(p) for p in problems], labelled)
-  tt.state = rounds.frozen_copy(initial)  # Labels of other problems: the verifier says 0.
+  # Labels of other problems: the verifier says 0.
   shifted = [Problem(p.prompt, problems[(i + 1) % 16].answer, p.difficulty)
              for i, p in enumerate(problems)]
   assert run(shifted, labelled).history[0]['reward_mean'] == 0

@@ -29,32 +29,32 @@ def _train(name, d_model, layers, steps):
   c.model.d_model, c.model.num_layers, c.model.head_dim = d_model, layers, d_model // 4
   c.model.mlp_dim, c.train.num_steps, c.train.eval_size = 3 * d_model, steps, 100
   train.run(c)
-  exp = experiment.setup(c, 1)
+  exp, state = experiment.setup(c, 1)
   exp.ckpt.close()
-  return exp
+  return exp, state.params
 
 
 def main(_):
   logging.set_verbosity(logging.WARNING)
-  target = _train('target', 128, 4, 600)
-  draft = _train('draft_d64_l2', 64, 2, 600)
-  n_t, n_d = models.param_count(target.state.params), models.param_count(draft.state.params)
+  target, target_params = _train('target', 128, 4, 600)
+  draft, draft_params = _train('draft_d64_l2', 64, 2, 600)
+  n_t, n_d = models.param_count(target_params), models.param_count(draft_params)
   problems = target.task.sample([7, 1], _PROMPTS.value)
   prompts = target.tokenizer.encode_batch([p.prompt for p in problems], bos=True)
   kwargs = dict(max_new_tokens=10, eos_id=target.tokenizer.eos_id)
   for p in prompts[:2]:  # compile both paths
-    speculative.plain_decode(target.model, target.state.params, p, **kwargs)
-    speculative.speculative_decode(target.model, target.state.params, draft.model,
-                                   draft.state.params, p, k=_K.value, **kwargs)
+    speculative.plain_decode(target.model, target_params, p, **kwargs)
+    speculative.speculative_decode(target.model, target_params, draft.model,
+                                   draft_params, p, k=_K.value, **kwargs)
   rows = {}
   for name in ('plain', 'speculative'):
     start, tokens, passes, accepted, drafted, outs = time.perf_counter(), 0, 0, 0, 0, []
     for p in prompts:
       if name == 'plain':
-        out = speculative.plain_decode(target.model, target.state.params, p, **kwargs)
+        out = speculative.plain_decode(target.model, target_params, p, **kwargs)
       else:
-        out = speculative.speculative_decode(target.model, target.state.params, draft.model,
-                                             draft.state.params, p, k=_K.value, **kwargs)
+        out = speculative.speculative_decode(target.model, target_params, draft.model,
+                                             draft_params, p, k=_K.value, **kwargs)
       tokens, passes = tokens + len(out.tokens), passes + out.target_passes
       accepted, drafted = accepted + out.accepted, drafted + out.drafted
       outs.append(list(out.tokens))

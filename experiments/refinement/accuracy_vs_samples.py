@@ -87,9 +87,9 @@ def near_miss(answer: str, letters: str, rng: np.random.Generator) -> str:
   return answer + letters[0]
 
 
-def train(exp) -> None:
-  """`train_steps` SFT steps, each batch half answering, half judging (a correct answer or a
-  near miss, 50 / 50)."""
+def train(exp, state):
+  """`train_steps` SFT steps of `state`, each batch half answering, half judging (a correct
+  answer or a near miss, 50 / 50): the trained state."""
   steps, rng = _STEPS.value, np.random.default_rng([exp.config.seed, 1])
   problems = exp.task.sample([exp.config.seed, 2], steps * 64)
   prompts, targets = [], []
@@ -102,16 +102,16 @@ def train(exp) -> None:
       candidate = p.answer if good else near_miss(p.answer, exp.config.task.letters, rng)
       prompts.append(judge.JUDGE_TEMPLATE.format(prompt=p.prompt, completion=candidate))
       targets.append(YES if good else NO)
-  rounds.train_sft(exp, rounds.sft_step(exp), prompts, targets, num_steps=steps, batch_size=64,
-                   seed=exp.config.seed, max_epochs=1)
+  return rounds.train_sft(exp, rounds.sft_step(exp), state, prompts, targets, num_steps=steps,
+                          batch_size=64, seed=exp.config.seed, max_epochs=1)[0]
 
 
 # --- Selection over n samples --------------------------------------------------------------------
 
 
-def sample_table(exp, sampler, problems) -> tuple[list[dict], dict]:
+def sample_table(exp, params, sampler, problems) -> tuple[list[dict], dict]:
   """Rows per n of accuracy and cost, from one draw of max(ns) samples per problem."""
-  task, params, tok = exp.task, exp.state.params, exp.tokenizer
+  task, tok = exp.task, exp.tokenizer
   ns = [int(n) for n in _NS.value]
   big = max(ns)
   texts, out = sampler.generate(params, tok, [p.prompt for p in problems], max_new_tokens=MAX_NEW,
@@ -151,9 +151,9 @@ def sample_table(exp, sampler, problems) -> tuple[list[dict], dict]:
 # --- Search and refinement -----------------------------------------------------------------------
 
 
-def search_table(exp, sampler, problems) -> list[dict]:
+def search_table(exp, params, sampler, problems) -> list[dict]:
   """Each method once on the same problems: accuracy and cost per problem."""
-  params, tok, task = exp.state.params, exp.tokenizer, exp.task
+  tok, task = exp.tokenizer, exp.task
   self_judge = judge.judge_reward(exp.model, params, tok, yes=YES, no=NO)
   hot = sampling.Temperature(_TEMPERATURE.value)
   common = dict(max_new_tokens=MAX_NEW, seed=exp.config.seed)
@@ -241,14 +241,14 @@ def main(_):
   start = time.time()
   workdir = _WORKDIR.value
   config = get_config(os.path.join(workdir, 'model'), _SEED.value)
-  exp = experiment.setup(config, _STEPS.value)
+  exp, state = experiment.setup(config, _STEPS.value)
   try:
-    train(exp)
+    params = train(exp, state).params
     print(f'trained {_STEPS.value} steps in {time.time() - start:.0f}s on {jax.devices()[0]}')
     sampler = sampling.Sampler(exp.model, exp.mesh)
     problems = exp.task.sample([_SEED.value, 3], _EVAL.value)
-    rows, head = sample_table(exp, sampler, problems)
-    search_rows = search_table(exp, sampler, problems) if _SEARCH.value else []
+    rows, head = sample_table(exp, params, sampler, problems)
+    search_rows = search_table(exp, params, sampler, problems) if _SEARCH.value else []
   finally:
     exp.ckpt.close()
   report = markdown(rows, head, search_rows, len(problems))

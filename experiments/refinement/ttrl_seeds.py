@@ -46,27 +46,27 @@ def _config(workdir: str, seed: int, learning_rate: float, schedule: str):
 
 
 def run_seed(seed: int, root: str) -> list[dict]:
-  base = experiment.setup(_config(os.path.join(root, 'base'), seed, 1e-2, 'cosine'), BASE_STEPS)
+  base, state = experiment.setup(_config(os.path.join(root, 'base'), seed, 1e-2, 'cosine'),
+                                 BASE_STEPS)
   problems = base.task.sample([seed, 0], BASE_STEPS * 64)
-  rounds.train_sft(base, rounds.sft_step(base), [p.prompt for p in problems],
-                   [p.answer for p in problems], num_steps=BASE_STEPS, batch_size=64, seed=seed,
-                   max_epochs=1)
+  state, _ = rounds.train_sft(base, rounds.sft_step(base), state, [p.prompt for p in problems],
+                              [p.answer for p in problems], num_steps=BASE_STEPS, batch_size=64,
+                              seed=seed, max_epochs=1)
   base.ckpt.close()
-  tt = experiment.setup(_config(os.path.join(root, 'tt'), seed, 3e-4, 'constant'), 1)
+  tt, tt_state = experiment.setup(_config(os.path.join(root, 'tt'), seed, 3e-4, 'constant'), 1)
   tt.tokenizer = base.tokenizer
-  initial = tt.state.replace(params=rounds.frozen_copy(base.state.params))
+  initial = rounds.frozen_copy(tt_state.replace(params=state.params))
   sampler = sampling.Sampler(tt.model, tt.mesh)
   test = tt.task.generate(seed=1000 + seed, n=64, difficulty=5)
-  score = lambda: adaptation.accuracy_at_k(tt, sampler, test, K, temperature=1.0,
-                                          max_new_tokens=10, seed=seed + 77)
-  tt.state = rounds.frozen_copy(initial)
-  rows = [{'seed': seed, 'arm': 'base', **score()}]
+  score = lambda params: adaptation.accuracy_at_k(tt, sampler, params, test, K, temperature=1.0,
+                                                  max_new_tokens=10, seed=seed + 77)
+  rows = [{'seed': seed, 'arm': 'base', **score(initial.params)}]
   for arm, reward in (('ttrl', 'majority'), ('rl with labels', 'verifiable')):
     cfg = adaptation.TTRLConfig(num_iterations=FLAGS.iterations, prompts_per_iteration=16,
                                group_size=FLAGS.group, vote_size=FLAGS.vote, reward=reward)
-    tt.state = rounds.frozen_copy(initial)
-    out = adaptation.ttrl(tt, test, cfg, answer_n=K, seed=seed, sampler=sampler)
-    rows.append({'seed': seed, 'arm': arm, **score(),
+    out = adaptation.ttrl(tt, rounds.frozen_copy(initial), test, cfg, answer_n=K, seed=seed,
+                          sampler=sampler)
+    rows.append({'seed': seed, 'arm': arm, **score(out.state.params),
                  'majority_share_first': out.history[0]['majority_share'],
                  'majority_share_last': out.history[-1]['majority_share']})
   tt.ckpt.close()

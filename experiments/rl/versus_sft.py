@@ -48,11 +48,11 @@ def reverse_config(workdir: str, algorithm: str = 'grpo', seed: int = 0,
   return c
 
 
-def held_out_rewards(exp, config) -> np.ndarray:
+def held_out_rewards(exp, params, config) -> np.ndarray:
   """Per held-out problem, the mean verified reward of eval_samples samples at T=1: [P]."""
   problems = exp.task.sample([config.seed, 1], config.train.eval_size)
   texts, _ = sampling.Sampler(exp.model, exp.mesh).generate(
-      exp.state.params, exp.tokenizer, [p.prompt for p in problems],
+      params, exp.tokenizer, [p.prompt for p in problems],
       max_new_tokens=config.rl.max_new_tokens, strategy=sampling.Temperature(1.0),
       n=config.rl.eval_samples, seed=config.seed)
   return np.asarray([np.mean([exp.task.verify(p, c) for c in group])
@@ -60,9 +60,9 @@ def held_out_rewards(exp, config) -> np.ndarray:
 
 
 def _scored(config) -> np.ndarray:
-  exp = experiment.setup(config, 1)  # Resumes the run's last checkpoint (or the base).
+  exp, state = experiment.setup(config, 1)  # Resumes the run's last checkpoint (or the base).
   try:
-    return held_out_rewards(exp, config)
+    return held_out_rewards(exp, state.params, config)
   finally:
     exp.ckpt.close()
 
@@ -77,13 +77,14 @@ def continued_sft(config, base_dir: str, steps: int) -> np.ndarray:
   """The control: `steps` more SFT steps on the seed set, from the base; held-out rewards."""
   config = config.copy_and_resolve_references()
   config.init_from = base_dir
-  exp = experiment.setup(config, steps)
+  exp, state = experiment.setup(config, steps)
   try:
     seeds = experiment.seed_split(config, exp.task)[0]
-    rounds.train_sft(exp, rounds.sft_step(exp), [p.prompt for p in seeds],
-                     [p.answer for p in seeds], num_steps=steps,
-                     batch_size=config.train.batch_size, seed=config.seed, max_epochs=1e9)
-    return held_out_rewards(exp, config)
+    state, _ = rounds.train_sft(exp, rounds.sft_step(exp), state, [p.prompt for p in seeds],
+                                [p.answer for p in seeds], num_steps=steps,
+                                batch_size=config.train.batch_size, seed=config.seed,
+                                max_epochs=1e9)
+    return held_out_rewards(exp, state.params, config)
   finally:
     exp.ckpt.close()
 

@@ -85,11 +85,11 @@ def get_config(workdir: str, seed: int):
 # --- Candidate pool ------------------------------------------------------------------------------
 
 
-def build_pool(exp, seed: int) -> list[dict]:
+def build_pool(exp, params, seed: int) -> list[dict]:
   """One example per problem: (prompt, majority answer), with its group statistics."""
   gro = exp.config.gro
   problems = exp.task.sample([seed, 3], _POOL.value)
-  ro = rollout.rollout(sampling.Sampler(exp.model, exp.mesh), exp.state.params, exp.tokenizer,
+  ro = rollout.rollout(sampling.Sampler(exp.model, exp.mesh), params, exp.tokenizer,
                        problems, group_size=_GROUP.value, max_new_tokens=gro.max_new_tokens,
                        strategy=sampling.Temperature(gro.temperature), seed=seed * 7919)
   labels, shares = rewards.majority_labels(exp.task, ro.completions, _GROUP.value)
@@ -99,9 +99,9 @@ def build_pool(exp, seed: int) -> list[dict]:
           for p, label, share in zip(problems, labels, shares) if label is not None]
 
 
-def features(exp, pool: list[dict]) -> dict[str, np.ndarray]:
+def features(exp, params, pool: list[dict]) -> dict[str, np.ndarray]:
   """The label-free scores every method reads, one value per pool example."""
-  kw = dict(model=exp.model, params=exp.state.params, tokenizer=exp.tokenizer, batch_size=256)
+  kw = dict(model=exp.model, params=params, tokenizer=exp.tokenizer, batch_size=256)
   return {'agreement': np.asarray([ex['share'] for ex in pool]),
           'uncertainty': scores.compute('uncertainty', pool),
           'ifd': scores.compute('ifd', pool, **kw),
@@ -139,8 +139,8 @@ def select_static(method: str, feats, pool, budget: int, seed: int) -> np.ndarra
   raise ValueError(f'unknown method {method!r}')
 
 
-def mean_nll(exp, examples) -> np.ndarray:
-  return np.log(scores.compute('perplexity', examples, model=exp.model, params=exp.state.params,
+def mean_nll(exp, params, examples) -> np.ndarray:
+  return np.log(scores.compute('perplexity', examples, model=exp.model, params=params,
                                tokenizer=exp.tokenizer, batch_size=256))
 
 
@@ -149,60 +149,61 @@ def select_adaptive(exp, step_fn, base_state, pool, feats, budget: int, seed: in
   score. Progress of a pick = its NLL drop over the round (or, with --adaptive_progress=relative,
   the fraction of its NLL that dropped), z-scored within the round so that the learning rate does
   not depend on the loss scale."""
-  state = adaptive.SelectorState.init(FEATURES, learning_rate=0.5)
+  selector = adaptive.SelectorState.init(FEATURES, learning_rate=0.5)
   x_NxF = feature_matrix(feats)
   remaining = np.arange(len(pool))
-  exp.state = rounds.frozen_copy(base_state)
+  scratch = rounds.frozen_copy(base_state)
   for r in range(_PROBE_ROUNDS.value):
-    local = adaptive.select(state, x_NxF[remaining], _PROBE_SIZE.value, seed=seed * 100 + r)
+    local = adaptive.select(selector, x_NxF[remaining], _PROBE_SIZE.value, seed=seed * 100 + r)
     picked = [pool[i] for i in remaining[local]]
-    before = mean_nll(exp, picked)
-    rounds.train_sft(exp, step_fn, [ex['prompt'] for ex in picked],
-                     [ex['completion'] for ex in picked], num_steps=_PROBE_STEPS.value,
-                     batch_size=exp.config.gro.batch_size, seed=seed * 100 + r, max_epochs=64)
-    gain = before - mean_nll(exp, picked)
+    before = mean_nll(exp, scratch.params, picked)
+    scratch, _ = rounds.train_sft(
+        exp, step_fn, scratch, [ex['prompt'] for ex in picked],
+        [ex['completion'] for ex in picked], num_steps=_PROBE_STEPS.value,
+        batch_size=exp.config.gro.batch_size, seed=seed * 100 + r, max_epochs=64)
+    gain = before - mean_nll(exp, scratch.params, picked)
     if _PROGRESS.value == 'relative':
       gain = gain / np.maximum(before, 1e-6)
-    state = adaptive.update(state, x_NxF[remaining], local, selectors.standardize(gain))
+    selector = adaptive.update(selector, x_NxF[remaining], local, selectors.standardize(gain))
     remaining = np.delete(remaining, local)
-  chosen = selectors.top_k(adaptive.logits(state, x_NxF), budget)
-  return chosen, dict(zip(FEATURES, np.round(state.weights, 3).tolist()))
+  chosen = selectors.top_k(adaptive.logits(selector, x_NxF), budget)
+  return chosen, dict(zip(FEATURES, np.round(selector.weights, 3).tolist()))
 
 
 # --- Fine-tune and evaluate ----------------------------------------------------------------------
 
 
-def evaluate(exp, eval_sets) -> dict[str, float]:
+def evaluate(exp, params, eval_sets) -> dict[str, float]:
   max_new = exp.config.gro.max_new_tokens
-  return {name: accuracy.greedy_accuracy(exp.model, exp.state.params, exp.tokenizer, exp.task,
+  return {name: accuracy.greedy_accuracy(exp.model, params, exp.tokenizer, exp.task,
                                          problems, max_new)[0]
           for name, problems in eval_sets.items()}
 
 
 def finetune(exp, step_fn, base_state, pool, idx, seed: int, key: str = 'completion'):
   """`sft_steps` steps from a copy of the base (fresh optimizer) on pool[idx], labels from `key`:
-  the same number of steps whatever the method, so no epoch cap."""
-  exp.state = rounds.frozen_copy(base_state)
-  rounds.train_sft(exp, step_fn, [pool[i]['prompt'] for i in idx], [pool[i][key] for i in idx],
-                   num_steps=_STEPS.value, batch_size=exp.config.gro.batch_size, seed=seed,
-                   max_epochs=1e9)
+  the same number of steps whatever the method, so no epoch cap. Returns the tuned params."""
+  state, _ = rounds.train_sft(exp, step_fn, rounds.frozen_copy(base_state),
+                              [pool[i]['prompt'] for i in idx], [pool[i][key] for i in idx],
+                              num_steps=_STEPS.value, batch_size=exp.config.gro.batch_size,
+                              seed=seed, max_epochs=1e9)
+  return state.params
 
 
 def run_seed(seed: int) -> dict:
   t0 = time.time()
   config = get_config(os.path.join(_WORKDIR.value, f'seed{seed}'), seed)
   config.init_from = train.warm_start(config)  # The base SFT phase, into <workdir>/base.
-  exp = experiment.setup(config, _STEPS.value)
+  exp, base_state = experiment.setup(config, _STEPS.value)
   step_fn = rounds.sft_step(exp)
-  base_state = rounds.frozen_copy(exp.state)
   hardest = max(exp.task.difficulties)
   rng = np.random.default_rng([seed, 4])
   eval_sets = {'all': exp.task.sample([seed, 1], _EVAL.value),
                'hardest': [exp.task.make_problem(rng, hardest) for _ in range(_EVAL_HARD.value)]}
-  out = {'seed': seed, 'base': evaluate(exp, eval_sets), 'methods': {}}
+  out = {'seed': seed, 'base': evaluate(exp, base_state.params, eval_sets), 'methods': {}}
 
-  pool = build_pool(exp, seed)
-  feats = features(exp, pool)
+  pool = build_pool(exp, base_state.params, seed)
+  feats = features(exp, base_state.params, pool)
   correct = np.asarray([ex['correct'] for ex in pool])
   out['pool'] = {'size': len(pool), 'label_correct': float(correct.mean()),
                  'seconds': round(time.time() - t0, 1)}
@@ -216,10 +217,10 @@ def run_seed(seed: int) -> dict:
       extra['extra_steps'] = _PROBE_ROUNDS.value * _PROBE_STEPS.value
     else:
       idx = select_static(method, feats, pool, _BUDGET.value, seed)
-    finetune(exp, step_fn, base_state, pool, idx, seed,
-             key='answer' if method == 'gold' else 'completion')
+    tuned = finetune(exp, step_fn, base_state, pool, idx, seed,
+                     key='answer' if method == 'gold' else 'completion')
     out['methods'][method] = dict(
-        evaluate(exp, eval_sets),
+        evaluate(exp, tuned, eval_sets),
         label_correct=1.0 if method == 'gold' else float(correct[idx].mean()), selected=len(idx),
         mean_difficulty=float(np.mean([pool[i]['difficulty'] for i in idx])),
         seconds=round(time.time() - t, 1), **extra)

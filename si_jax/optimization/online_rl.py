@@ -25,10 +25,11 @@ def run(config) -> dict:
     raise ValueError('config.rl.beta > 0 needs a reference model: set config.init_from to the '
                      'warm-start run (its params are the frozen reference), or beta=0')
   # --- Setup: model, tokenizer, sharded state (warm-started from init_from) ---
-  exp = experiment.setup(config, rl.num_iterations * rl.epochs)
+  exp, state = experiment.setup(config, rl.num_iterations * rl.epochs)
   model, tokenizer, task, mesh = exp.model, exp.tokenizer, exp.task, exp.mesh
   sampler = sampling.Sampler(model, mesh)
-  reward_fn = rewards.make_reward(rl.reward, task, group_size=rl.group_size, exp=exp)
+  reward_fn = rewards.make_reward(rl.reward, task, group_size=rl.group_size, exp=exp,
+                                  params=state.params)
   step_fn = grpo_update.make_step(exp, rl)
   ref_params = None
   if rl.beta > 0:  # Frozen: restored once, passed as an argument to scoring, never copied.
@@ -38,7 +39,7 @@ def run(config) -> dict:
 
   # --- Generate -> reward -> optimize ---
   start = exp.meta.get('iteration', 0) if exp.resumed else 0
-  state, result = exp.state, {}
+  result = {}
   bar = tqdm.trange(start, rl.num_iterations, initial=start, total=rl.num_iterations, desc='grpo')
   try:
     for it in bar:
@@ -69,11 +70,9 @@ def run(config) -> dict:
       exp.writer.write(it + 1, logged)
       bar.set_postfix(reward=f"{logged['reward_mean']:.3f}", verified=f"{host['verified']:.3f}")
       if (it + 1) % rl.checkpoint_every == 0 or it + 1 == rl.num_iterations:
-        exp.state = state
-        exp.save(int(state.step), iteration=it + 1)
+        exp.save(int(state.step), state, iteration=it + 1)
   finally:
     exp.ckpt.close()
-  exp.state = state
   if result:
     print(f"GRPO after {result['iteration']} iterations: held-out greedy accuracy "
           f"{result['eval_accuracy']:.1%}, mean sampled reward {result['eval_reward']:.3f}")

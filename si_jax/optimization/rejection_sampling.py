@@ -62,14 +62,14 @@ def check_hint_template(config, tokenizer) -> str:
   return template
 
 
-def rationalize(exp, sampler, reward_fn, problems, solved: set[str], *, template: str, gro,
-                strategy, seed: int):
+def rationalize(exp, sampler, params, reward_fn, problems, solved: set[str], *, template: str,
+                gro, strategy, seed: int):
   """STaR rationalization of the unsolved problems: (prompts without the hint, rationales)."""
   failed = [p for p in problems if p.prompt not in solved]
   if not failed:
     return [], []
   hinted = [dataclasses.replace(p, prompt=exp.task.hinted_prompt(p, template)) for p in failed]
-  ro = rollout.rollout(sampler, exp.state.params, exp.tokenizer, hinted,
+  ro = rollout.rollout(sampler, params, exp.tokenizer, hinted,
                        group_size=gro.group_size, max_new_tokens=gro.max_new_tokens,
                        strategy=strategy, seed=seed)
   reward = reward_fn(ro.prompts, ro.completions, answers=ro.answers)
@@ -82,7 +82,8 @@ def run(config) -> dict:
   gro = config.gro
   restarts = gro.restart_from_base and gro.restart_optimizer
   # A restarted round is a whole fine-tuning run: its schedule spans one round's steps.
-  exp = experiment.setup(config, gro.sft_steps if restarts else gro.num_rounds * gro.sft_steps)
+  exp, state = experiment.setup(config,
+                                gro.sft_steps if restarts else gro.num_rounds * gro.sft_steps)
   sampler = sampling.Sampler(exp.model, exp.mesh)
   reward_fn = rewards.make_reward(gro.reward, exp.task, group_size=gro.group_size,
                                   key='config.gro.reward')
@@ -91,37 +92,38 @@ def run(config) -> dict:
   if gro.rationalize and gro.reward != 'verifiable':
     raise ValueError(f'config.gro.rationalize=True needs config.gro.reward=verifiable (a hint '
                      f'is the reference answer), got {gro.reward!r}')
-  base = rounds.base_params(exp) if gro.restart_from_base else None
+  base = rounds.base_params(exp, state) if gro.restart_from_base else None
   restart = rounds.restarter(exp) if restarts else None
   strategy = sampling.Temperature(gro.temperature)
   try:
-    tracker = rounds.RoundTracker(exp, gro.max_new_tokens)
+    tracker = rounds.RoundTracker(exp, state.params, gro.max_new_tokens)
     for r in range(tracker.start, gro.num_rounds):
       # --- E-step: generate with the latest model and keep what the reward accepts ---
       problems = exp.task.sample([config.seed, 3, r], gro.problems_per_round)
-      ro = rollout.rollout(sampler, exp.state.params, exp.tokenizer, problems,
+      ro = rollout.rollout(sampler, state.params, exp.tokenizer, problems,
                            group_size=gro.group_size, max_new_tokens=gro.max_new_tokens,
                            strategy=strategy, seed=config.seed * 7919 + r)
       reward = reward_fn(ro.prompts, ro.completions, answers=ro.answers)
       prompts, completions = select(ro, reward, gro.accept_threshold, gro.keep_per_problem)
       logged = {'reward_mean': float(reward.mean()), 'kept': len(prompts)}
       if gro.rationalize:
-        r_prompts, rationales = rationalize(exp, sampler, reward_fn, problems, set(prompts),
-                                            template=template, gro=gro, strategy=strategy,
-                                            seed=config.seed * 7919 + r + 1)
+        r_prompts, rationales = rationalize(exp, sampler, state.params, reward_fn, problems,
+                                            set(prompts), template=template, gro=gro,
+                                            strategy=strategy, seed=config.seed * 7919 + r + 1)
         prompts, completions = prompts + r_prompts, completions + rationales
         logged['rationalized'] = len(r_prompts)
       # --- M-step: SFT on the accepted answers (from the base, for STaR / ReST-EM) ---
       if restart is not None:
-        restart(base)
+        state = restart(state, base)
       elif base is not None:
-        exp.state = exp.state.replace(params=rounds.frozen_copy(base))
+        state = state.replace(params=rounds.frozen_copy(base))
       if prompts:
-        logged.update(rounds.train_sft(exp, step_fn, prompts, completions,
-                                       num_steps=gro.sft_steps, batch_size=gro.batch_size,
-                                       seed=config.seed * 31 + r, max_epochs=gro.max_epochs))
-      logged['step'] = int(exp.state.step)
-      tracker.end_round(r, logged, f"kept {logged['kept']} answers, ")
+        state, sft_metrics = rounds.train_sft(
+            exp, step_fn, state, prompts, completions, num_steps=gro.sft_steps,
+            batch_size=gro.batch_size, seed=config.seed * 31 + r, max_epochs=gro.max_epochs)
+        logged.update(sft_metrics)
+      logged['step'] = int(state.step)
+      tracker.end_round(r, state, logged, f"kept {logged['kept']} answers, ")
   finally:
     exp.ckpt.close()
   return tracker.result

@@ -34,11 +34,13 @@ def register_reward(name: str):
 
 
 def make_reward(name: str, task: Task, *, group_size: int, min_share: float = 0.0, exp=None,
-                key: str = 'config.rl.reward') -> RewardFn:
-  """The reward registered as `name`; `key` is the config field it came from (for errors)."""
+                params=None, key: str = 'config.rl.reward') -> RewardFn:
+  """The reward registered as `name`; `key` is the config field it came from (for errors).
+  exp and params: the model, for rewards the policy computes itself (`self_judge`)."""
   if name not in REWARDS:
     raise ValueError(f'{key}={name!r} is not a registered reward; use one of {sorted(REWARDS)}')
-  return REWARDS[name](task, group_size=group_size, min_share=min_share, exp=exp, key=key)
+  return REWARDS[name](task, group_size=group_size, min_share=min_share, exp=exp, params=params,
+                       key=key)
 
 
 def verifiable(task: Task) -> RewardFn:
@@ -110,13 +112,13 @@ def _verifiable_and_format(task, **_):
 
 
 @register_reward('self_judge')
-def _self_judge(task, *, exp, key, **_):
+def _self_judge(task, *, exp, params, key, **_):
   """The policy's own verdict-token probability (judge.py). The tokenizer must hold the judge
   template's characters (config.tokenizer_extra_chars); the loop refreshes the judge's `params`
   as the policy trains."""
   del task
-  if exp is None:
-    raise ValueError(f"{key}='self_judge' needs the model: pass exp to make_reward")
+  if exp is None or params is None:
+    raise ValueError(f"{key}='self_judge' needs the model: pass exp and params to make_reward")
   # Imported here: judge pulls in the model stack, and evaluation imports this module.
   from si_jax.optimization import judge  # pylint: disable=g-import-not-at-top
-  return judge.judge_reward(exp.model, exp.state.params, exp.tokenizer, yes='y', no='n')
+  return judge.judge_reward(exp.model, params, exp.tokenizer, yes='y', no='n')

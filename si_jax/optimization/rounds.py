@@ -46,23 +46,15 @@ def _batches(n: int, batch_size: int, num_steps: int, seed: int, max_epochs: flo
     order = order[batch_size:]
 
 
-def fit_sft(exp: Experiment, step_fn, state, prompts: list[str], completions: list[str], *,
-            num_steps: int, batch_size: int, seed: int, max_epochs: float):
+def train_sft(exp: Experiment, step_fn, state, prompts: list[str], completions: list[str], *,
+              num_steps: int, batch_size: int, seed: int, max_epochs: float):
   """num_steps SFT updates of `state` (donated) on the examples: (new state, last metrics)."""
   last = {}
   for idx in _batches(len(prompts), batch_size, num_steps, seed, max_epochs):
     batch = layout.sft_rows(exp.tokenizer, [prompts[i] for i in idx],
-                               [completions[i] for i in idx], exp.config.data.seq_len)
+                            [completions[i] for i in idx], exp.config.data.seq_len)
     state, last = step_fn(state, sharding.shard_batch(batch, exp.mesh))
   return state, (metrics.to_python(last) if last else {})
-
-
-def train_sft(exp: Experiment, step_fn, prompts: list[str], completions: list[str], *,
-              num_steps: int, batch_size: int, seed: int, max_epochs: float) -> dict:
-  """`fit_sft` on exp.state, in place; returns the last metrics."""
-  exp.state, last = fit_sft(exp, step_fn, exp.state, prompts, completions, num_steps=num_steps,
-                            batch_size=batch_size, seed=seed, max_epochs=max_epochs)
-  return last
 
 
 def pair_arrays(tokenizer, prompts, chosen, rejected, width: int) -> dict[str, np.ndarray]:
@@ -75,10 +67,11 @@ def pair_arrays(tokenizer, prompts, chosen, rejected, width: int) -> dict[str, n
   return out
 
 
-def train_preference(exp: Experiment, step_fn, cfg: preference.PreferenceConfig, ref_params,
-                     prompts, chosen, rejected, *, width: int, num_steps: int, batch_size: int,
-                     seed: int, max_epochs: float) -> dict:
-  """Preference updates on the pairs; the reference is scored once, before the first step.
+def train_preference(exp: Experiment, step_fn, state, cfg: preference.PreferenceConfig,
+                     ref_params, prompts, chosen, rejected, *, width: int, num_steps: int,
+                     batch_size: int, seed: int, max_epochs: float):
+  """Preference updates of `state` (donated) on the pairs: (new state, last metrics). The
+  reference is scored once, before the first step.
 
   width: completion tokens kept (eos included); pairs are padded or cut to it.
   """
@@ -89,12 +82,11 @@ def train_preference(exp: Experiment, step_fn, cfg: preference.PreferenceConfig,
     for name in ('chosen', 'rejected'):
       logp, _ = score(arrays[f'{name}_completion'], arrays[f'{name}_mask'])
       arrays[f'ref_{name}'] = np.asarray(logp).sum(axis=1)
-  state, last = exp.state, {}
+  last = {}
   for idx in _batches(len(prompts), batch_size, num_steps, seed, max_epochs):
     batch = {k: v[idx] for k, v in arrays.items()}
     state, last = step_fn(state, sharding.shard_batch(batch, exp.mesh))
-  exp.state = state
-  return metrics.to_python(last) if last else {}
+  return state, (metrics.to_python(last) if last else {})
 
 
 class RoundTracker:
@@ -104,25 +96,27 @@ class RoundTracker:
   by round because a round may apply no update (nothing accepted) and steps would not move.
   """
 
-  def __init__(self, exp: Experiment, max_new_tokens: int):
+  def __init__(self, exp: Experiment, params, max_new_tokens: int):
+    """params: the model the rounds start from (measured as round 0 on a fresh run)."""
     self.exp, self.max_new_tokens = exp, max_new_tokens
     self.problems = exp.task.sample([exp.config.seed, 1],
                                     exp.config.train.eval_size)
     self.start = exp.meta.get('round', 0) if exp.resumed else 0
     self.result = {}
     if self.start == 0:
-      self.result['round_0_accuracy'] = self.accuracy()
+      self.result['round_0_accuracy'] = self.accuracy(params)
 
-  def accuracy(self) -> float:
+  def accuracy(self, params) -> float:
     exp = self.exp
-    return accuracy.greedy_accuracy(exp.model, exp.state.params, exp.tokenizer, exp.task,
-                                    self.problems, self.max_new_tokens)[0]
+    return accuracy.greedy_accuracy(exp.model, params, exp.tokenizer, exp.task, self.problems,
+                                    self.max_new_tokens)[0]
 
-  def end_round(self, r: int, logged: dict, summary: str = '') -> dict:
-    logged['eval_accuracy'] = self.result[f'round_{r + 1}_accuracy'] = self.accuracy()
+  def end_round(self, r: int, state, logged: dict, summary: str = '') -> dict:
+    """Measures and logs round r's model, and checkpoints `state` as round r + 1."""
+    logged['eval_accuracy'] = self.result[f'round_{r + 1}_accuracy'] = self.accuracy(state.params)
     self.exp.writer.write(r + 1, logged)
     print(f"round {r + 1}: {summary}held-out greedy accuracy {logged['eval_accuracy']:.1%}")
-    self.exp.save(r + 1, round=r + 1)
+    self.exp.save(r + 1, state, round=r + 1)
     return self.result
 
 
@@ -131,21 +125,22 @@ def frozen_copy(params):
   return jax.tree.map(lambda x: x.copy(), params)
 
 
-def base_params(exp: Experiment):
+def base_params(exp: Experiment, state):
   """The params the rounds started from: the warm start's (config.init_from) when resumed, so a
-  restarted run restarts rounds from the same base; else a frozen copy of the state's."""
+  restarted run restarts rounds from the same base; else a frozen copy of `state`'s."""
   init_from = exp.config.init_from
   if exp.resumed and init_from:
     return load_params(init_from, exp.model.cfg, exp.shardings.params)
   if exp.resumed:
     raise ValueError('restarting rounds from the base needs config.init_from on resume: the '
                      'resumed state is a later round, not the base')
-  return frozen_copy(exp.state.params)
+  return frozen_copy(state.params)
 
 
 def restarter(exp: Experiment):
-  """`restart(params)`: exp.state becomes a fresh fine-tuning run of `params` — a copy of them,
-  a new optimizer state (Adam moments at zero) and step 0, so the schedule's warmup starts over.
+  """`restart(state, params) -> state`: a fresh fine-tuning run of `params` in place of `state`
+  (donated) — a copy of them, a new optimizer state (Adam moments at zero) and step 0, so the
+  schedule's warmup starts over.
   ReST-EM's M-step (Singh et al. 2023, §3) and STaR's outer loop fine-tune the base afresh.
   Compiled once; call it every round."""
   tx = exp.tx
@@ -156,7 +151,7 @@ def restarter(exp: Experiment):
 
   fresh = jax.jit(fresh, out_shardings=exp.shardings, donate_argnums=0)
 
-  def restart(params) -> None:
-    exp.state = fresh(exp.state, frozen_copy(params))
+  def restart(state, params):
+    return fresh(state, frozen_copy(params))
 
   return restart

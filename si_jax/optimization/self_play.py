@@ -33,17 +33,17 @@ def sft_set(config, task) -> list:
 def run(config) -> dict:
   gro = config.gro
   pref_cfg = preference.PreferenceConfig(loss='spin', beta=gro.beta)
-  exp = experiment.setup(config, gro.num_rounds * gro.spin_steps)
+  exp, state = experiment.setup(config, gro.num_rounds * gro.spin_steps)
   sampler = sampling.Sampler(exp.model, exp.mesh)
   spin_step = rounds.preference_step(exp, pref_cfg)
   strategy = (sampling.Greedy() if gro.temperature == 0
               else sampling.Temperature(gro.temperature))
   fixed = sft_set(config, exp.task) if gro.fixed_sft_set else None
   try:
-    tracker = rounds.RoundTracker(exp, gro.max_new_tokens)
+    tracker = rounds.RoundTracker(exp, state.params, gro.max_new_tokens)
     for r in range(tracker.start, gro.num_rounds):
       # --- The previous iteration answers the SFT data's prompts ---
-      previous = rounds.frozen_copy(exp.state.params)
+      previous = rounds.frozen_copy(state.params)
       problems = fixed or exp.task.sample([config.seed, 0, 10_000 + r], gro.problems_per_round)
       ro = rollout.rollout(sampler, previous, exp.tokenizer, problems, group_size=1,
                            max_new_tokens=gro.max_new_tokens, strategy=strategy,
@@ -54,12 +54,13 @@ def run(config) -> dict:
       # --- Optimize: prefer the reference answer over the previous self's ---
       if pairs:
         p, ref_answers, own = map(list, zip(*pairs))
-        logged.update(rounds.train_preference(
-            exp, spin_step, pref_cfg, previous, p, ref_answers, own,
+        state, pref_metrics = rounds.train_preference(
+            exp, spin_step, state, pref_cfg, previous, p, ref_answers, own,
             width=gro.max_new_tokens + 1, num_steps=gro.spin_steps, batch_size=gro.batch_size,
-            seed=config.seed * 31 + r, max_epochs=gro.max_epochs))
+            seed=config.seed * 31 + r, max_epochs=gro.max_epochs)
+        logged.update(pref_metrics)
       tracker.result[f'round_{r + 1}_margin'] = logged.get('margin', 0.0)
-      tracker.end_round(r, logged, f'{len(pairs)} pairs, ')
+      tracker.end_round(r, state, logged, f'{len(pairs)} pairs, ')
   finally:
     exp.ckpt.close()
   return tracker.result

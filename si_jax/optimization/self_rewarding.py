@@ -34,12 +34,12 @@ from si_jax.evaluation import monitors
 from si_jax.optimization import judge, preference, rewards, rollout, rounds
 
 
-def make_judge(exp, gro):
+def make_judge(exp, params, gro):
   """The policy as its own judge, per gro.judge; its `params` are refreshed every round."""
   if gro.judge == 'additive':
-    return judge.AdditiveJudge(exp.model, exp.state.params, exp.tokenizer)
+    return judge.AdditiveJudge(exp.model, params, exp.tokenizer)
   if gro.judge == 'binary':
-    return judge.judge_reward(exp.model, exp.state.params, exp.tokenizer, yes=gro.judge_yes,
+    return judge.judge_reward(exp.model, params, exp.tokenizer, yes=gro.judge_yes,
                               no=gro.judge_no)
   raise ValueError(f"config.gro.judge={gro.judge!r}: use 'additive' or 'binary'")
 
@@ -51,11 +51,11 @@ def judge_label(task, gro, problem, completion: str) -> str:
   return gro.judge_yes if task.verify(problem, completion) == 1.0 else gro.judge_no
 
 
-def judge_examples(exp, sampler, gro, problems, seed: int):
+def judge_examples(exp, sampler, params, gro, problems, seed: int):
   """EFT data: (judge prompts, target verdicts) for the seed problems, per gro.judge_negatives."""
   template = judge.ADDITIVE_TEMPLATE if gro.judge == 'additive' else judge.JUDGE_TEMPLATE
   if gro.judge_negatives == 'policy':  # The policy's own answers: its real mistakes.
-    ro = rollout.rollout(sampler, exp.state.params, exp.tokenizer, problems,
+    ro = rollout.rollout(sampler, params, exp.tokenizer, problems,
                          group_size=gro.judge_samples, max_new_tokens=gro.max_new_tokens,
                          strategy=sampling.Temperature(gro.temperature), seed=seed)
     candidates = [(p, c) for p, c in zip([p for p in problems for _ in range(ro.group_size)],
@@ -71,12 +71,13 @@ def judge_examples(exp, sampler, gro, problems, seed: int):
   return prompts, [judge_label(exp.task, gro, p, c) for p, c in candidates]
 
 
-def self_instruct(exp, sampler, gro, known: set[str], n: int, seed: int) -> list[tasks.Problem]:
+def self_instruct(exp, sampler, params, gro, known: set[str], n: int,
+                  seed: int) -> list[tasks.Problem]:
   """Up to n distinct well-formed prompts the model writes after gro.instruct_prefix, those not
   among `known` (the seed set's, earlier rounds') first: a small model often writes back prompts
   it memorised. Their answers come from the task's solver for the reported agreement only: no
   training example reads them."""
-  texts, _ = sampler.generate(exp.state.params, exp.tokenizer, [gro.instruct_prefix],
+  texts, _ = sampler.generate(params, exp.tokenizer, [gro.instruct_prefix],
                               max_new_tokens=gro.max_new_tokens,
                               strategy=sampling.Temperature(gro.temperature),
                               n=gro.instruct_oversample * n, seed=seed)
@@ -110,32 +111,33 @@ def run(config) -> dict:
                                          label_smoothing=gro.label_smoothing)
   if gro.prompts not in ('self_instruct', 'task'):
     raise ValueError(f"config.gro.prompts={gro.prompts!r}: use 'self_instruct' or 'task'")
-  exp = experiment.setup(config, gro.judge_sft_steps + gro.num_rounds * gro.dpo_steps)
+  exp, state = experiment.setup(config, gro.judge_sft_steps + gro.num_rounds * gro.dpo_steps)
   sampler = sampling.Sampler(exp.model, exp.mesh)
-  self_judge = make_judge(exp, gro)
+  self_judge = make_judge(exp, state.params, gro)
   verifier = rewards.verifiable(exp.task)
   dpo_step = rounds.preference_step(exp, pref_cfg)
   seed_set = seed_problems(config, exp.task)
   start = exp.meta.get('round', 0) if exp.resumed else 0
   try:
     if start == 0:  # --- M1: answering (IFT) + judging (EFT) + writing prompts, from the seed set
-      prompts, targets = judge_examples(exp, sampler, gro, seed_set, config.seed * 7919 - 1)
+      prompts, targets = judge_examples(exp, sampler, state.params, gro, seed_set,
+                                        config.seed * 7919 - 1)
       prompts += [p.prompt for p in seed_set]  # Answering: judging alone forgets it.
       targets += [p.answer for p in seed_set]
       if gro.prompts == 'self_instruct':
         prompts += [gro.instruct_prefix] * len(seed_set)
         targets += [p.prompt for p in seed_set]
-      rounds.train_sft(exp, rounds.sft_step(exp), prompts, targets,
-                       num_steps=gro.judge_sft_steps, batch_size=gro.batch_size, seed=config.seed,
-                       max_epochs=gro.max_epochs)
-    tracker = rounds.RoundTracker(exp, gro.max_new_tokens)  # measured after M1
+      state, _ = rounds.train_sft(exp, rounds.sft_step(exp), state, prompts, targets,
+                                  num_steps=gro.judge_sft_steps, batch_size=gro.batch_size,
+                                  seed=config.seed, max_epochs=gro.max_epochs)
+    tracker = rounds.RoundTracker(exp, state.params, gro.max_new_tokens)  # measured after M1
     known = {p.prompt for p in seed_set}
     for r in range(tracker.start, gro.num_rounds):
       # --- New prompts and candidates, judged by the model itself ---
-      reference = rounds.frozen_copy(exp.state.params)
-      self_judge.params = exp.state.params
+      reference = rounds.frozen_copy(state.params)
+      self_judge.params = state.params
       if gro.prompts == 'self_instruct':
-        problems = self_instruct(exp, sampler, gro, known, gro.problems_per_round,
+        problems = self_instruct(exp, sampler, state.params, gro, known, gro.problems_per_round,
                                  config.seed * 7919 + 1000 + r)
       else:
         problems = exp.task.sample([config.seed, 5, r],
@@ -144,7 +146,7 @@ def run(config) -> dict:
                 'novel_prompts': sum(p.prompt not in known for p in problems)}
       pairs = []
       if problems:
-        ro = rollout.rollout(sampler, exp.state.params, exp.tokenizer, problems,
+        ro = rollout.rollout(sampler, state.params, exp.tokenizer, problems,
                              group_size=gro.group_size, max_new_tokens=gro.max_new_tokens,
                              strategy=sampling.Temperature(gro.temperature),
                              seed=config.seed * 7919 + r)
@@ -161,10 +163,11 @@ def run(config) -> dict:
       # --- Optimize: DPO on the self-judged pairs ---
       if pairs:
         p, c, rj = map(list, zip(*pairs))
-        logged.update(rounds.train_preference(
-            exp, dpo_step, pref_cfg, reference, p, c, rj, width=gro.max_new_tokens + 1,
+        state, pref_metrics = rounds.train_preference(
+            exp, dpo_step, state, pref_cfg, reference, p, c, rj, width=gro.max_new_tokens + 1,
             num_steps=gro.dpo_steps, batch_size=gro.batch_size, seed=config.seed * 31 + r,
-            max_epochs=gro.max_epochs))
+            max_epochs=gro.max_epochs)
+        logged.update(pref_metrics)
       # --- Judge drift: its agreement with the verifier, against round 1's (report only) ---
       history = [*exp.meta.get('judge_history', []), logged.get('judge_accuracy', float('nan'))]
       exp.meta['judge_history'] = history  # Saved with the round's checkpoint.
@@ -174,7 +177,7 @@ def run(config) -> dict:
       tracker.result[f'round_{r + 1}_judge_accuracy'] = history[-1]
       tracker.result[f'round_{r + 1}_judge_drift'] = logged['judge_drift']
       tracker.result[f'round_{r + 1}_judge_drift_flag'] = drift['flag']
-      tracker.end_round(r, logged, f"{len(problems)} prompts, {len(pairs)} pairs, judge agrees "
+      tracker.end_round(r, state, logged, f"{len(problems)} prompts, {len(pairs)} pairs, judge agrees "
                                    f"with the verifier on {history[-1]:.1%} "
                                    f"({drift['reason']}), ")
   finally:

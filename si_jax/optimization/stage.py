@@ -113,6 +113,6 @@ def train(exp, state, step_fn, examples: list[dict], loop, seed: int):
   """loop.sft_steps SFT steps on the examples (none when there are none): (state, metrics)."""
   if not examples:
     return state, {}
-  return rounds.fit_sft(exp, step_fn, state, [ex['prompt'] for ex in examples],
+  return rounds.train_sft(exp, step_fn, state, [ex['prompt'] for ex in examples],
                         [ex['completion'] for ex in examples], num_steps=loop.sft_steps,
                         batch_size=loop.batch_size, seed=seed, max_epochs=loop.max_epochs)

@@ -72,7 +72,7 @@ def sweep(exp: Experiment, init_params, train: tuple[list[str], list[str]],
     step_fn = rounds.sft_step(exp, tx, schedule)
     losses = []
     for r in range(num_rounds):
-      state, _ = rounds.fit_sft(exp, step_fn, state, *train, num_steps=round_steps,
+      state, _ = rounds.train_sft(exp, step_fn, state, *train, num_steps=round_steps,
                                 batch_size=batch_size, seed=seed * 37 + r, max_epochs=1e9)
       losses.append(float(monitors.nll_per_token(exp.model, state.params, exp.tokenizer,
                                                  *validation).mean()))

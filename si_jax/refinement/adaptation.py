@@ -15,14 +15,15 @@ Both then answer by self-consistency over `answer_n` samples (`voting.self_consi
 Labels: both strip every problem's answer first (`unlabeled`; all but the labelled upper
 bound), so no ground truth can reach training or answering; score the returned answers against
 the originals afterwards. The update steps are the GRO loops' own (rounds.sft_step, and
-grpo_update's GRPO update shared with online RL), and they update `exp.state` in place, as the
-loops do.
+grpo_update's GRPO update shared with online RL); both methods take a train state and return the
+adapted one in `Adapted.state` (the one passed in is donated to the updates).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -76,6 +77,7 @@ class Adapted:
   history: per round / iteration, label-free metrics. samples, generated_tokens: sampled while
   adapting; updates: optimizer steps taken."""
   selection: voting.Selection
+  state: Any  # The adapted train state.
   history: list[dict]
   samples: int
   generated_tokens: int
@@ -87,10 +89,10 @@ def unlabeled(problems: Sequence[Problem]) -> list[Problem]:
   return [Problem(prompt=p.prompt, answer='', difficulty=p.difficulty) for p in problems]
 
 
-def _answer(exp: Experiment, sampler, problems, n: int, temperature: float, max_new_tokens: int,
-            seed: int) -> voting.Selection:
+def _answer(exp: Experiment, sampler, params, problems, n: int, temperature: float,
+            max_new_tokens: int, seed: int) -> voting.Selection:
   strategy = sampling.Greedy() if n == 1 else sampling.Temperature(temperature)
-  return voting.self_consistency_answer(sampler, exp.state.params, exp.tokenizer, exp.task,
+  return voting.self_consistency_answer(sampler, params, exp.tokenizer, exp.task,
                                         problems, n=n, strategy=strategy,
                                         max_new_tokens=max_new_tokens, seed=seed)
 
@@ -101,7 +103,7 @@ def _fits(exp: Experiment, prompt: str, completion: str) -> bool:
       exp.config.data.seq_len)
 
 
-def sft(exp: Experiment, problems: Sequence[Problem], cfg: SFTConfig = SFTConfig(), *,
+def sft(exp: Experiment, state, problems: Sequence[Problem], cfg: SFTConfig = SFTConfig(), *,
         answer_n: int = 8, seed: int = 0, sampler: sampling.Sampler | None = None,
         step_fn=None) -> Adapted:
   """Test-time SFT on majority answers, then self-consistency over answer_n samples.
@@ -115,7 +117,7 @@ def sft(exp: Experiment, problems: Sequence[Problem], cfg: SFTConfig = SFTConfig
   strategy = sampling.Temperature(cfg.temperature)
   history, samples, tokens, updates = [], 0, 0, 0
   for r in range(cfg.num_rounds):
-    ro = rollout.rollout(sampler, exp.state.params, exp.tokenizer, problems,
+    ro = rollout.rollout(sampler, state.params, exp.tokenizer, problems,
                          group_size=cfg.group_size, max_new_tokens=cfg.max_new_tokens,
                          strategy=strategy, seed=seed * 1_000_003 + r * len(problems))
     samples += len(ro.completions)
@@ -132,14 +134,16 @@ def sft(exp: Experiment, problems: Sequence[Problem], cfg: SFTConfig = SFTConfig
         targets.append(target)
     logged = {'round': r + 1, 'majority_share': float(shares.mean()), 'examples': len(prompts)}
     if prompts:
-      step_before = int(exp.state.step)
-      logged.update(rounds.train_sft(exp, step_fn, prompts, targets, num_steps=cfg.sft_steps,
-                                     batch_size=cfg.batch_size, seed=seed * 7919 + r,
-                                     max_epochs=cfg.max_epochs))
-      updates += int(exp.state.step) - step_before
+      step_before = int(state.step)
+      state, sft_metrics = rounds.train_sft(
+          exp, step_fn, state, prompts, targets, num_steps=cfg.sft_steps,
+          batch_size=cfg.batch_size, seed=seed * 7919 + r, max_epochs=cfg.max_epochs)
+      logged.update(sft_metrics)
+      updates += int(state.step) - step_before
     history.append(logged)
-  selection = _answer(exp, sampler, problems, answer_n, cfg.temperature, cfg.max_new_tokens, seed)
-  return Adapted(selection, history, samples, tokens, updates)
+  selection = _answer(exp, sampler, state.params, problems, answer_n, cfg.temperature,
+                      cfg.max_new_tokens, seed)
+  return Adapted(selection, state, history, samples, tokens, updates)
 
 
 def ttrl_step(exp: Experiment, cfg: TTRLConfig):
@@ -157,7 +161,7 @@ def _chunks(n: int, size: int, rng: np.random.Generator) -> Iterator[np.ndarray]
     order = order[size:]
 
 
-def ttrl(exp: Experiment, problems: Sequence[Problem], cfg: TTRLConfig = TTRLConfig(), *,
+def ttrl(exp: Experiment, state, problems: Sequence[Problem], cfg: TTRLConfig = TTRLConfig(), *,
          answer_n: int = 8, seed: int = 0, sampler: sampling.Sampler | None = None,
          step_fn=None) -> Adapted:
   """TTRL: GRPO with the majority-vote reward on the test problems, then self-consistency over
@@ -170,10 +174,10 @@ def ttrl(exp: Experiment, problems: Sequence[Problem], cfg: TTRLConfig = TTRLCon
   vote = cfg.vote_size or cfg.group_size
   reward_fn = rewards.make_reward(cfg.reward, exp.task, group_size=vote, min_share=cfg.min_share,
                                   key='TTRLConfig.reward')
-  ref_params = rounds.frozen_copy(exp.state.params) if cfg.beta > 0 else None
+  ref_params = rounds.frozen_copy(state.params) if cfg.beta > 0 else None
   strategy = sampling.Temperature(cfg.temperature)
   chunks = _chunks(len(problems), cfg.prompts_per_iteration, np.random.default_rng([seed, 11]))
-  state, history, samples, tokens = exp.state, [], 0, 0
+  history, samples, tokens = [], 0, 0
   for it in range(cfg.num_iterations):
     shares = []
 
@@ -193,19 +197,19 @@ def ttrl(exp: Experiment, problems: Sequence[Problem], cfg: TTRLConfig = TTRLCon
 
     ro, reward, host = grpo_update.collect(draw, cfg)
     state, logged = grpo_update.update(exp, step_fn, state, ro, reward, cfg, ref_params)
-    exp.state = state  # The step donated the old state: keep exp pointing at live buffers.
     history.append({'iteration': it + 1, 'majority_share': float(np.concatenate(shares).mean()),
                     **host, **logged})
-  selection = _answer(exp, sampler, problems, answer_n, cfg.temperature, cfg.max_new_tokens, seed)
-  return Adapted(selection, history, samples, tokens, cfg.num_iterations * cfg.epochs)
+  selection = _answer(exp, sampler, state.params, problems, answer_n, cfg.temperature,
+                      cfg.max_new_tokens, seed)
+  return Adapted(selection, state, history, samples, tokens, cfg.num_iterations * cfg.epochs)
 
 
-def accuracy_at_k(exp: Experiment, sampler: sampling.Sampler, problems: Sequence[Problem],
-                  k: int, *, temperature: float, max_new_tokens: int,
-                  seed: int = 0) -> dict[str, float]:
-  """The TTRL paper's scores of the current model on labelled problems, over k samples each:
+def accuracy_at_k(exp: Experiment, sampler: sampling.Sampler, params,
+                  problems: Sequence[Problem], k: int, *, temperature: float,
+                  max_new_tokens: int, seed: int = 0) -> dict[str, float]:
+  """The TTRL paper's scores of a model (`params`) on labelled problems, over k samples each:
   avg@k (the mean accuracy of single samples) and maj@k (the accuracy of their majority)."""
-  texts, _ = sampler.generate(exp.state.params, exp.tokenizer, [p.prompt for p in problems],
+  texts, _ = sampler.generate(params, exp.tokenizer, [p.prompt for p in problems],
                               max_new_tokens=max_new_tokens,
                               strategy=sampling.Temperature(temperature), n=k, seed=seed)
   verified = [[float(exp.task.verify(p, c) >= 1.0) for c in group]
