@@ -1,5 +1,6 @@
 """Model-based rewards: the model as its own judge, and a Bradley–Terry reward model."""
 
+import dataclasses
 import functools
 import time
 
@@ -67,11 +68,13 @@ def test_judge_reward_callable(tokenizer, lm):
   fn = judge.judge_reward(model, params, tokenizer, yes='y', no='n')
   scores = fn(['ab>', 'abc>', 'a>'], ['ba', 'cba', 'b'], answer=['ba', 'cba', 'a'])
   assert scores.shape == (3,) and np.all((scores >= 0) & (scores <= 1))
-  fn.threshold = 0.0  # Everything passes.
-  np.testing.assert_array_equal(fn(['ab>'], ['ba']), [1.0])
-  fn.params = jax.tree.map(jnp.zeros_like, params)  # The loop swaps in new params.
-  np.testing.assert_allclose(judge.judge_reward(model, fn.params, tokenizer, yes='y', no='n')(
-      ['ab>'], ['ba']), [0.5], atol=1e-6)
+  passing = dataclasses.replace(fn, threshold=0.0)  # Everything passes.
+  np.testing.assert_array_equal(passing(['ab>'], ['ba']), [1.0])
+  zeros = jax.tree.map(jnp.zeros_like, params)  # The loop judges with the policy's new params.
+  np.testing.assert_allclose(judge.with_params(fn, zeros)(['ab>'], ['ba']), [0.5], atol=1e-6)
+  np.testing.assert_allclose(fn(['ab>'], ['ba']), scores[:1], rtol=1e-5)  # The judge unchanged.
+  verifier = lambda prompts, completions, **_: np.ones(len(prompts))
+  assert judge.with_params(verifier, zeros) is verifier  # Other rewards read no params.
 
 
 def test_additive_score_adds_a_point_per_criterion():
@@ -101,8 +104,8 @@ def test_additive_judge_is_the_expected_score_of_the_model():
     tokens = tokenizer.encode(judge.ADDITIVE_TEMPLATE.format(prompt=p, completion=c), bos=True)
     probs = np.asarray(jax.nn.softmax(forward(model, params, jnp.asarray([tokens]))[0, -1]))[ids]
     np.testing.assert_allclose(got[i], probs @ np.arange(6) / probs.sum(), atol=1e-4)
-  fn.params = jax.tree.map(jnp.zeros_like, params)  # Uniform over the six scores: 2.5.
-  np.testing.assert_allclose(fn(prompts, completions), 2.5, atol=1e-5)
+  uniform = judge.with_params(fn, jax.tree.map(jnp.zeros_like, params))  # Six scores: 2.5.
+  np.testing.assert_allclose(uniform(prompts, completions), 2.5, atol=1e-5)
   small = Tokenizer.train([LETTERS + '>' + judge.judge_alphabet(judge.ADDITIVE_TEMPLATE)], 32)
   with pytest.raises(ValueError, match='tokenizer_extra_chars'):
     judge.AdditiveJudge(model, params, small)

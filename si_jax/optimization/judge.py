@@ -110,12 +110,12 @@ def verdict_scores(model: models.Model, params, tokenizer: Tokenizer, prompts: S
                              (yes_id, no_id))[:, 0]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SelfJudge:
   """A reward callable `fn(prompts, completions, **fields) -> [B] rewards` backed by the model.
 
-  The judge is the policy itself, so its params change every round: the loop assigns
-  `judge.params = state.params` before acquiring; everything else is fixed at construction.
+  The judge is the policy itself, so its params change every round: a loop judges with
+  `with_params(judge, state.params)`, a copy holding the current ones (the judge is immutable).
   With `threshold` the reward is the verdict 1.0 / 0.0 (s >= threshold); without, s itself.
   """
   model: models.Model
@@ -140,7 +140,7 @@ class SelfJudge:
 
 def judge_reward(model: models.Model, params, tokenizer: Tokenizer, *, yes: str, no: str,
                  template: str = JUDGE_TEMPLATE, threshold: float | None = None) -> SelfJudge:
-  """The model-as-judge reward; update its `params` attribute as the policy trains."""
+  """The model-as-judge reward; `with_params` gives it the policy's params as they train."""
   return SelfJudge(model, params, tokenizer, yes, no, template, threshold)
 
 
@@ -193,11 +193,11 @@ def _score_token_ids(tokenizer: Tokenizer, template: str) -> tuple[int, ...]:
   return tuple(i[0] for i in ids)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class AdditiveJudge:
   """`fn(prompts, completions) -> [B]` expected 0-5 scores, read off the model's own verdict.
 
-  Like SelfJudge the params are the policy's: assign `judge.params` each round.
+  Like SelfJudge the params are the policy's: judge with `with_params(judge, state.params)`.
   """
   model: models.Model
   params: Any
@@ -205,10 +205,18 @@ class AdditiveJudge:
   template: str = ADDITIVE_TEMPLATE
 
   def __post_init__(self):
-    self.ids = _score_token_ids(self.tokenizer, self.template)  # Fail at build time.
+    _score_token_ids(self.tokenizer, self.template)  # Fail at build time.
 
   def __call__(self, prompts: list[str], completions: list[str], **fields) -> np.ndarray:
     del fields  # The judge sees only the text, never the reference answer.
     dist = _judge_distribution(self.model, self.params, self.tokenizer, self.template, prompts,
-                               completions, self.ids)
+                               completions, _score_token_ids(self.tokenizer, self.template))
     return dist @ np.arange(len(SCORE_TOKENS), dtype=np.float32)
+
+
+def with_params(reward_fn, params):
+  """`reward_fn` judging with `params` when it is the model's own judge; any other reward as is.
+  The loops call it with the policy's current params before each use."""
+  if isinstance(reward_fn, (SelfJudge, AdditiveJudge)):
+    return dataclasses.replace(reward_fn, params=params)
+  return reward_fn

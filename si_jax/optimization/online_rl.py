@@ -50,10 +50,9 @@ def run(config) -> dict:
         ro = rollout.rollout(sampler, params, tokenizer, problems, group_size=rl.group_size,
                              max_new_tokens=rl.max_new_tokens, strategy=strategy,
                              seed=config.seed * 1_000_003 + it * n + attempt * 7919)
-        return ro, reward_fn(ro.prompts, ro.completions, answers=ro.answers)
+        reward = judge.with_params(reward_fn, params)  # A self-judge is the current policy.
+        return ro, reward(ro.prompts, ro.completions, answers=ro.answers)
 
-      if isinstance(reward_fn, judge.SelfJudge):
-        reward_fn.params = state.params  # The judge is the current policy.
       ro, reward, host = grpo_update.collect(draw, rl)
       host['verified'] = float(np.mean([task.verify(p, c) for p, c in zip(
           [p for p in ro.problems for _ in range(rl.group_size)], ro.completions)]))

@@ -114,8 +114,8 @@ def _verifiable_and_format(task, **_):
 @register_reward('self_judge')
 def _self_judge(task, *, exp, params, key, **_):
   """The policy's own verdict-token probability (judge.py). The tokenizer must hold the judge
-  template's characters (config.tokenizer_extra_chars); the loop refreshes the judge's `params`
-  as the policy trains."""
+  template's characters (config.tokenizer_extra_chars); the loop judges with the policy's
+  current params (`judge.with_params`)."""
   del task
   if exp is None or params is None:
     raise ValueError(f"{key}='self_judge' needs the model: pass exp and params to make_reward")

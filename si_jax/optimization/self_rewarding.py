@@ -35,7 +35,7 @@ from si_jax.optimization import judge, preference, rewards, rollout, rounds
 
 
 def make_judge(exp, params, gro):
-  """The policy as its own judge, per gro.judge; its `params` are refreshed every round."""
+  """The policy as its own judge, per gro.judge (judge.with_params gives it each round's)."""
   if gro.judge == 'additive':
     return judge.AdditiveJudge(exp.model, params, exp.tokenizer)
   if gro.judge == 'binary':
@@ -135,7 +135,6 @@ def run(config) -> dict:
     for r in range(tracker.start, gro.num_rounds):
       # --- New prompts and candidates, judged by the model itself ---
       reference = rounds.frozen_copy(state.params)
-      self_judge.params = state.params
       if gro.prompts == 'self_instruct':
         problems = self_instruct(exp, sampler, state.params, gro, known, gro.problems_per_round,
                                  config.seed * 7919 + 1000 + r)
@@ -150,7 +149,7 @@ def run(config) -> dict:
                              group_size=gro.group_size, max_new_tokens=gro.max_new_tokens,
                              strategy=sampling.Temperature(gro.temperature),
                              seed=config.seed * 7919 + r)
-        scores = self_judge(ro.prompts, ro.completions)
+        scores = judge.with_params(self_judge, state.params)(ro.prompts, ro.completions)
         pairs = best_worst_pairs(ro, scores, gro.min_score_gap)
         # --- Reported only: the judge's agreement with the verifier ---
         verified = verifier(ro.prompts, ro.completions, answers=ro.answers)
