@@ -22,9 +22,18 @@ from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-posit
 jax.config.update('jax_numpy_rank_promotion', 'raise')
 flags.FLAGS.mark_as_parsed()  # grain workers and absl logging read flags.
 
-from tests.helpers import tiny_model_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests import helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 @pytest.fixture(scope='session')
 def tiny_cfg():
-  return tiny_model_config()
+  return helpers.tiny_model_config()
+
+
+@pytest.fixture(scope='session')
+def weak_base(tmp_path_factory) -> str:
+  """The workdir of the weak base model every GRO and test-time learning test starts from
+  (helpers.weak_base_config), built once per test run: under xdist in the workers' common
+  parent temp dir (this run's alone), else in the session's."""
+  root = tmp_path_factory.getbasetemp()
+  return helpers.build_weak_base(str(root.parent if 'PYTEST_XDIST_WORKER' in os.environ else root))

@@ -1,8 +1,12 @@
 """What many tests build: tiny models and configs derived from the real ones (configs/*:tiny),
-and the data-parallel mesh that learning tests run on."""
+the data-parallel mesh that learning tests run on, and the weak base model they start from."""
 
-from configs import self_train_arithmetic, sft_reverse
-from si_jax import models
+import fcntl
+import os
+
+from configs import rejection_sampling, self_train_arithmetic, sft_reverse
+from si_jax import models, train
+from si_jax.refinement import self_refine
 
 
 def tiny_model_config(**overrides) -> models.TransformerConfig:
@@ -43,3 +47,30 @@ def data_parallel(config):
   """
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
   return config
+
+
+# What the weak base's tokenizer knows beyond the task's letters: self-refine's critique
+# templates ('|ok?n') and the yes / no verdicts of the binary judge ('y').
+WEAK_BASE_EXTRA_CHARS = self_refine.template_alphabet(self_refine.REVISE_TEMPLATE) + 'y'
+
+
+def weak_base_config(workdir: str):
+  """configs/rejection_sampling.py's base phase: 60 SFT steps on 512 labelled reversals of 1-8
+  letters (~25% greedy exact match: short strings learnt, long ones not), data-parallel."""
+  c = rejection_sampling.get_config()
+  c.workdir = workdir
+  c.tokenizer_extra_chars = WEAK_BASE_EXTRA_CHARS
+  return data_parallel(c)
+
+
+def build_weak_base(root: str) -> str:
+  """The weak base's workdir under `root`, trained once however many pytest-xdist workers ask
+  (a file lock; the others find it done). GRO and test-time methods warm-start from it."""
+  config = weak_base_config(os.path.join(root, 'weak_base'))
+  done = os.path.join(root, 'weak_base.done')
+  with open(os.path.join(root, 'weak_base.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes.
+    if not os.path.exists(done):
+      train.warm_start(config)
+      open(done, 'w').close()
+  return os.path.join(config.workdir, 'base')

@@ -11,16 +11,8 @@ import pytest
 
 from configs import rejection_sampling as rs_config
 from experiments.paradigms import compare
-from si_jax import experiment, main, sampling, tasks, tokenizers, train
+from si_jax import experiment, main, sampling, tasks, tokenizers
 from si_jax.optimization import preference, rejection_sampling, rollout, rounds, self_play
-
-
-@pytest.fixture(scope='module')
-def base_model(tmp_path_factory):
-  """A weak SFT model on string reversal (~25% greedy accuracy), shared by the tests."""
-  config = rs_config.get_config()
-  config.workdir = str(tmp_path_factory.mktemp('paradigms'))
-  return train.warm_start(config)
 
 
 def _tiny(config, workdir):
@@ -53,16 +45,6 @@ def test_config_runs_end_to_end_and_writes_checkpoints(name, tmp_path):
     assert result['round_1_judge_drift_flag'] is False
 
 
-def test_grpo_with_the_self_judge_reward_runs(tmp_path):
-  """Online RL with a model-based reward: the policy's own verdict probability."""
-  config = _tiny(importlib.import_module('configs.grpo_addition').get_config(), str(tmp_path))
-  config.rl.reward, config.tokenizer_extra_chars = 'self_judge', '|ok?yn'
-  result = main.run(config)
-  assert 0.0 <= result['eval_reward'] <= 1.0
-  rows = [line for line in (tmp_path / 'metrics.jsonl').read_text().splitlines() if line]
-  assert len(rows) == 2  # two iterations, rewards from the judge
-
-
 # experiments/paradigms/README.md: ReST-EM from a base that memorised a 128-problem seed set.
 REST_EM_SCALE = ['data.seed_set_size=128', 'train.num_steps=100', 'gro.problems_per_round=1024']
 
@@ -76,11 +58,11 @@ def test_rest_em_beats_continued_sft_at_equal_steps(tmp_path):
   assert result['gain'] > 2 * result['se'], result
 
 
-def test_dpo_raises_the_margin_on_held_out_pairs(base_model, tmp_path):
+def test_dpo_raises_the_margin_on_held_out_pairs(weak_base, tmp_path):
   """Pairs (correct answer, another problem's answer): the implicit reward margin of pairs never
   trained on rises above the reference's 0."""
   config = rs_config.get_config()
-  config.workdir, config.init_from = str(tmp_path), base_model
+  config.workdir, config.init_from = str(tmp_path), weak_base
   exp, state = experiment.setup(config, 40)
   cfg = preference.PreferenceConfig(loss='dpo', beta=0.1)
   problems = exp.task.sample([0, 7], 256)
@@ -113,12 +95,12 @@ def test_dpo_raises_the_margin_on_held_out_pairs(base_model, tmp_path):
 # --- Fidelity to the papers ------------------------------------------------------------------
 
 
-def test_rest_em_restart_is_a_fresh_fine_tuning_run(base_model, tmp_path):
+def test_rest_em_restart_is_a_fresh_fine_tuning_run(weak_base, tmp_path):
   """ReST-EM's M-step from the base: after `restart`, k steps give bit for bit the params k steps
   from the base give in a fresh run (Adam moments and step reset); resetting only the params, as
   before, does not."""
   config = rs_config.get_config()
-  config.workdir, config.init_from = str(tmp_path), base_model
+  config.workdir, config.init_from = str(tmp_path), weak_base
   exp, state = experiment.setup(config, 8)
   step_fn, base = rounds.sft_step(exp), rounds.base_params(exp, state)
   problems = exp.task.sample([0, 9], 64)
@@ -172,9 +154,9 @@ def test_star_rationalization_keeps_the_models_rationale_without_the_hint(monkey
                                         template='', gro=gro, strategy=None, seed=0) == ([], [])
 
 
-def test_hint_template_is_checked(base_model):
+def test_hint_template_is_checked(weak_base):
   config = rs_config.get_config()
-  tokenizer = tokenizers.Tokenizer.load(base_model)
+  tokenizer = tokenizers.Tokenizer.load(weak_base)
   for template, match in [('{answer}{prompt}{x}', 'exactly the fields'),
                           ('{answer}@{prompt}', 'tokenizer_extra_chars')]:
     config.data.hint_template = template
