@@ -1,12 +1,11 @@
 """Synthetic generation: filtering, de-duplication, solver and agreement labels, provenance."""
 
-import jax
 import pytest
 
-from si_jax import models, sampling, tasks
+from si_jax import experiment, sampling, tasks
 from si_jax.acquisition import synthetic
-from si_jax.tokenizers import Tokenizer
-from tests.helpers import tiny_model_config
+from si_jax.optimization import rounds
+from tests.helpers import data_parallel, tiny_sft_config
 
 SEEDS = ['12+34=', '5+678=', '90+1=', '3+3=']
 
@@ -69,14 +68,36 @@ def test_bad_config_is_named():
                                 synthetic.SyntheticConfig(k_shot=3), seed=0)
 
 
-def test_sampler_policy_with_a_real_model():
-  task = tasks.get_task('addition_reversed')
-  tok = Tokenizer.train([task.alphabet()], 32)
-  cfg = tiny_model_config()
-  model, params = models.build(cfg, jax.random.PRNGKey(0))
-  policy = synthetic.sampler_policy(sampling.Sampler(model), params, tok, max_new_tokens=8,
-                                    strategy=sampling.Temperature(1.0), seed=0)
-  examples, funnel = synthetic.generate_problems(
-      policy, task, SEEDS, synthetic.SyntheticConfig(num_candidates=8, k_shot=2), seed=0)
-  assert funnel['sampled'] == 8 and funnel['labelled'] == len(examples)
-  assert all(task.is_well_formed(e['prompt']) for e in examples)
+def test_a_model_trained_on_the_few_shot_format_writes_new_solver_labelled_problems(tmp_path):
+  """SFT on 'k problems, one per line -> the next one' teaches a tiny model to write problems:
+  most of its candidates are then well-formed and new, and every one gets the solver's label
+  (an untrained model's are not: the same call, before training, keeps few or none)."""
+  config = data_parallel(tiny_sft_config(str(tmp_path)))
+  config.tokenizer_extra_chars, config.data.seq_len = '\n', 48
+  exp, state = experiment.setup(config, 120)
+  task = exp.task
+  problems = task.sample([0, 0], 120 * 32 + 4)
+  shots = [[p.prompt for p in problems[i:i + 4]] for i in range(len(problems) - 4)]
+  seeds = [p.prompt for p in task.sample([0, 1], 16)]
+  sampler = sampling.Sampler(exp.model, exp.mesh)
+  synth = synthetic.SyntheticConfig(num_candidates=64, k_shot=3)
+
+  def written(params):
+    policy = synthetic.sampler_policy(sampler, params, exp.tokenizer, max_new_tokens=12,
+                                      strategy=sampling.Temperature(1.0), seed=0)
+    return synthetic.generate_problems(policy, task, seeds, synth, seed=0, round_idx=1)
+
+  _, untrained = written(state.params)
+  state, _ = rounds.train_sft(exp, rounds.sft_step(exp), state,
+                              [synthetic.few_shot_prompt(s[:3]) for s in shots],
+                              [s[3] for s in shots], num_steps=120, batch_size=32, seed=0,
+                              max_epochs=1)
+  examples, funnel = written(state.params)
+  exp.ckpt.close()
+  print('synthetic funnel, untrained -> trained:', untrained, funnel)
+  assert funnel['well_formed_new'] >= 32 > untrained['well_formed_new'], (untrained, funnel)
+  assert funnel['labelled'] == len(examples) == funnel['well_formed_new']
+  prompts = [e['prompt'] for e in examples]
+  assert len(set(prompts)) == len(prompts) and not set(prompts) & set(seeds)
+  assert all(task.is_well_formed(p) and e['completion'] == task.solve(p)
+             for p, e in zip(prompts, examples))
