@@ -38,7 +38,7 @@ def _config(workdir: str, seed: int, learning_rate: float, schedule: str):
   c.task = ml_collections.ConfigDict({'name': 'reverse', 'letters': 'abcdefghij',
                                       'min_len': 1, 'max_len': 6})
   c.data.seq_len = 20
-  c.tokenizer_extra_chars = '|ok?n'  # As tests/test_refinement_methods.py's weak model.
+  c.tokenizer_extra_chars = '|ok?n'  # As tests/refinement/test_refinement_methods.py's weak model.
   c.mesh.data, c.mesh.fsdp = -1, 1
   c.optimizer.learning_rate, c.optimizer.schedule, c.optimizer.warmup_steps = (
       learning_rate, schedule, 10)

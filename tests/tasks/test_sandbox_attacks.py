@@ -22,6 +22,7 @@ pytestmark = pytest.mark.xdist_group('sandbox_attacks')
 
 LIMITS = sandbox.SandboxLimits(wall_time_s=3.0, cpu_time_s=2, memory_mb=256)
 SECRET = 'si-jax-test-secret-4f9c'
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # The checkout.
 _NS = 'print("NS", __import__("os").readlink("/proc/self/ns/mnt"), flush=True)\n'
 _LIBC = 'import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n'
 
@@ -72,7 +73,7 @@ def test_write_outside_the_scratch_dir(tmp_path, how):
 
 
 def test_delete_the_project():
-  project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  project = REPO
   result = _run(f'import shutil, os\nprint(os.path.exists({project!r}))\n'
                 f'shutil.rmtree({project!r}, ignore_errors=True)')
   assert result.stdout.strip() == 'False'
@@ -89,7 +90,7 @@ def test_read_etc_passwd_and_host_files():
 def test_read_the_verifier_and_the_expected_outputs():
   """The hidden tests are derived by si_jax's task code: neither it nor any site-packages is
   visible, and a program that searches for it finds nothing to import or read."""
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  repo = REPO
   result = _run(f'import os, sys\nprint(os.path.exists({repo!r}))\n'
                 'try:\n  import si_jax\n  print("imported")\n'
                 'except ImportError:\n  print("no si_jax")\n'
