@@ -139,6 +139,10 @@ def test_steps_end_at_delimiters_or_fixed_chunks():
 
 
 # --- A weak model, shared by the module ---------------------------------------------------------
+# Not the suite's shared weak base (tests/helpers.py), on purpose: test-time methods need a model
+# whose plurality is mostly right while its samples still disagree (5-letter maj@4 ~0.7, maj@16
+# ~0.85), and that base is far below it (5 letters: maj@4 0.01); 200 more SFT steps on it give
+# samples that agree (avg 0.54, maj@4 0.57, maj@16 0.61), leaving a vote little to teach.
 
 
 def _config(workdir: str, learning_rate: float, schedule: str) -> ml_collections.ConfigDict:
