@@ -62,8 +62,13 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.loop.max_new_tokens = 8  # Completion budget (answers have <= max_digits + 1 digits).
   c.loop.label = 'majority'  # 'majority' (no labels) or 'verifier' (the labelled ceiling).
   c.loop.min_agreement = 0.75  # Keep a pseudo-label when this share of its samples agree.
-  c.loop.select_score = ''  # Optional selection score (si_jax/selection/stage.SELECT_SCORES).
+  # Optional selection score (si_jax/selection/stage.SELECT_SCORES): '', 'uncertainty',
+  # 'agreement', 'ifd', 'perplexity', 'entropy', 'adaptive', or 'less' (LESS, Xia et al. 2024:
+  # Adam-update alignment with the gradient of the seed set's held-out slice).
+  c.loop.select_score = ''
   c.loop.select_fraction = 1.0  # Fraction of the labelled examples the score keeps.
+  c.loop.less_checkpoints = 1  # 'less': the current state plus the last rounds' (<= max_to_keep).
+  c.loop.less_dim = 512  # 'less': random projection dimension of the gradients (paper: 8192).
   c.loop.policy = 'accumulate'  # Self-generated data: every round's ('accumulate') or the last.
   c.loop.seed_mix_ratio = 0.25  # Share of seed (real) data in each round's training set.
   c.loop.sft_steps = 200  # Update steps per round (the control's budget: num_rounds x this).

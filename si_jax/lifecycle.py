@@ -9,7 +9,8 @@ itself round by round:
   3. label     by majority vote over the samples (no ground truth), or by the task's verifier
                (config switch `loop.label='verifier'`, the labelled ceiling);
   4. select    filters (label-free answer-shape check, agreement >= min_agreement), then an
-               optional model-computed score (si_jax/selection) keeping the best fraction;
+               optional model-computed score (si_jax/selection) keeping the best fraction
+               (LESS: aimed at the seed set's held-out slice);
   5. store     the round's examples durably (si_jax/data/store.py);
   6. optimize  SFT on the store under the data policy, plus real seed data;
   7. evaluate  the loop's model and a *tuned control* (the best model the seed set alone buys
@@ -19,7 +20,8 @@ itself round by round:
                roll back to the best round, or stop.
 No label of the loop's own problems reaches a decision or a training example in majority mode:
 decisions read vote agreement, sample diversity and entropy, and a held-out slice of the seed
-set (labels the run already paid for); the benchmark's verifier only fills the report.
+set (labels the run already paid for; select_score='less' aims at that slice too, so it then
+steers the data as well as judging it); the benchmark's verifier only fills the report.
 Every round ends with a checkpoint whose metadata holds the loop's whole state (round,
 controller, monitoring vectors, selector, the control sweep), so a killed run resumes at the last
 completed round and finishes with the same metrics as an uninterrupted one.
@@ -60,6 +62,7 @@ def run(config) -> dict:
     raise ValueError('config.data.seed_validation_size must hold out part of the seed set: '
                      'the loop monitors itself and tunes its control on it')
   seed_examples = [optimization.seed_example(p) for p in seed_train]
+  val_examples = [optimization.seed_example(p) for p in seed_val]  # LESS's target set.
   seed_prompts = [p.prompt for p in seed_train + seed_val]
   store = DataStore(os.path.join(workdir, 'store'))
   control_ckpt = checkpoint.Checkpointer(os.path.join(workdir, 'control'), 1, async_save=False)
@@ -124,8 +127,9 @@ def run(config) -> dict:
       if loop.rewrites and loop.train_rewrites:
         labelled = optimization.every_view(task, labelled)
       # 4. Select.
-      kept, select_summary, picks = selection.select(exp, state.params, loop, labelled,
-                                                     progress['selector'], config.seed + rnd)
+      kept, select_summary, picks = selection.select(
+          exp, state.params, loop, labelled, progress['selector'], config.seed + rnd,
+          target=val_examples, checkpoints=selection.less_checkpoints(exp, state, loop, rnd))
       # 5. Store (overwrite: a crash mid-round may have left this round written already).
       store.write_round(rnd, kept, overwrite=True)
       # 6. Optimize: SFT on the store under its policy, real data mixed in on request.

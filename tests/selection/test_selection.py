@@ -210,9 +210,9 @@ def mixture():
   tokenizer = Tokenizer.train(['abcdefghij0123456789>='], 32)
   rng = np.random.default_rng(0)
   train = [(ex['prompt'], ex['completion']) for ex in _two_tasks(rng, 32)]
-  model, _, checkpoints = _adam_sft(tokenizer, train, optax.linear_schedule(1e-2, 1e-3, 24), 24,
-                                    checkpoint_every=8)
-  return dict(model=model, tokenizer=tokenizer, checkpoints=checkpoints,
+  schedule = optax.linear_schedule(1e-2, 1e-3, 24)
+  model, _, checkpoints = _adam_sft(tokenizer, train, schedule, 24, checkpoint_every=8)
+  return dict(model=model, tokenizer=tokenizer, checkpoints=checkpoints, schedule=schedule,
               pool=_two_tasks(rng, 8), target=_two_tasks(rng, 16)[:16])
 
 
@@ -261,6 +261,47 @@ def test_less_selects_the_validation_task_over_distractors(mixture):
   np.testing.assert_allclose(less, eta @ np.asarray(each) / eta.sum(), atol=1e-6)
   with pytest.raises(ValueError, match='checkpoints='):
     scores.compute('less', mixture['pool'], checkpoints=[], **kw)
+
+
+def test_loop_selection_stage_less(mixture):
+  """select_score='less' in the loop's stage: the mixture's three checkpoints as the loop's train
+  states at the ends of rounds 1-3 (8 steps each), selecting for round 4 with
+  less_checkpoints=3. The stage restores rounds 1-2, weights each by its round's mean LR (as
+  the checkpoints were), and keeps >= 7/8 reversal of 8 (random: 1/2 on average, 0.5% >= 7/8).
+  A fresh optimizer (a warm start: count 0, zero moments) gives Adam's first step, sign(g)."""
+  ckpts, pool = mixture['checkpoints'], mixture['pool']
+  states = {r: types.SimpleNamespace(step=8 * r, params=c.params, opt_state=(
+      optax.ScaleByAdamState(c.count, c.mu, c.nu), optax.EmptyState()))
+            for r, c in enumerate(ckpts, 1)}
+  exp = types.SimpleNamespace(
+      model=mixture['model'], tokenizer=mixture['tokenizer'], mesh=None,
+      schedule=mixture['schedule'], restore=states.__getitem__,
+      config=ml_collections.ConfigDict({'optimizer': {'b1': 0.9, 'b2': 0.999, 'eps': 1e-8}}))
+  loop = ml_collections.ConfigDict({'select_score': 'less', 'select_fraction': 0.5,
+                                    'less_checkpoints': 3, 'less_dim': 512, 'sft_steps': 8})
+  selection_stage.check(loop)
+  got = selection_stage.less_checkpoints(exp, states[3], loop, round_idx=4)
+  np.testing.assert_allclose([c.learning_rate for c in got], [c.learning_rate for c in ckpts])
+  kept, summary, picks = selection_stage.select(exp, None, loop, pool, None, 1,
+                                                target=mixture['target'], checkpoints=got)
+  assert len(kept) == 8 and picks is None
+  assert np.mean([ex['prompt'].endswith('>') for ex in kept]) >= 7 / 8, (kept, summary)
+
+  zeros = lambda t: jax.tree.map(jnp.zeros_like, t)
+  fresh = types.SimpleNamespace(step=0, params=ckpts[-1].params, opt_state=(
+      optax.ScaleByAdamState(jnp.zeros((), jnp.int32), zeros(ckpts[-1].mu), zeros(ckpts[-1].nu)),
+      optax.EmptyState()))
+  [first] = selection_stage.less_checkpoints(exp, fresh, loop, round_idx=1)
+  assert first.learning_rate == pytest.approx(ckpts[0].learning_rate)  # The first round's mean.
+  g = jnp.asarray([0.3, -2e-4, 0.0, 5.0])
+  np.testing.assert_allclose(scores.adam_direction(g, 0.0, 0.0, first.count, first.b1, first.b2,
+                                                   first.eps), [1, -1, 0, 1], atol=1e-3)
+  kept, summary, _ = selection_stage.select(exp, None, loop, pool, None, 1,
+                                            target=mixture['target'], checkpoints=[first])
+  assert len(kept) == 8 and all(np.isfinite(v) for v in summary.values()), summary
+  loop.less_checkpoints = 0
+  with pytest.raises(ValueError, match='config.loop.less_checkpoints=0'):
+    selection_stage.check(loop)
 
 
 def test_host_scores():
