@@ -16,8 +16,21 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jax._src import distributed  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def together(name: str, fn, *args):
+  """fn compiled for args, then run once every process is ready to run it: gloo gives a peer
+  only 30 s to reach a collective (its context set-up ignores the XLA timeouts, jax-ml/jax#40831),
+  and on a loaded 2-core machine one process can compile far longer than the other. The barrier
+  is the coordination service's (a key-value wait with its own timeout), not a collective.
+  Returns (the compiled program, its outputs)."""
+  compiled = fn.lower(*args).compile()
+  if jax.process_count() > 1:
+    distributed.global_state.client.wait_at_barrier(name, 900_000)
+  return compiled, compiled(*args)
 
 
 def main(process_id: int, num_processes: int, port: int):
@@ -58,12 +71,13 @@ def main(process_id: int, num_processes: int, port: int):
     step = train_step.jit_train_step(train_step.make_train_step(loss_fn, tx, schedule),
                                      shardings, mesh)
     sharded = sharding.shard_batch(local(batch), mesh)
-    losses = []
-    for _ in range(2):
-      state, metrics = step(state, sharded)
-      losses.append(float(metrics['loss']))
-    norms = jax.jit(lambda p: jax.tree.map(lambda x: jnp.sqrt(jnp.sum(x * x)), p),
-                    out_shardings=sharding.replicated(mesh))(state.params)
+    step, (state, metrics) = together(f'{name}_step', step, state, sharded)
+    losses = [float(metrics['loss'])]
+    state, metrics = step(state, sharded)
+    losses.append(float(metrics['loss']))
+    _, norms = together(f'{name}_norms', jax.jit(
+        lambda p: jax.tree.map(lambda x: jnp.sqrt(jnp.sum(x * x)), p),
+        out_shardings=sharding.replicated(mesh)), state.params)
     out[name] = {'losses': losses,
                  'param_norms': [float(x) for x in jax.tree.leaves(norms)]}
   if process_id == 0:
