@@ -9,7 +9,9 @@ One attention path serves both training and sampling, so the two agree to the la
   * training: `forward(params, tokens)` with a causal mask restricted to each packed segment;
   * sampling: `forward_with_cache(params, tokens, positions, input_mask, cache)` writes this
     call's keys/values into a preallocated `KVCache` at `cache.index` and attends over the cache
-    (prefill: T prompt tokens at once; decode: T = 1).
+    (prefill: T prompt tokens at once; decode: T = 1). A cache only decides the layout: each
+    layer's `update(k, v)` stores the new keys/values and returns those to attend over, so
+    sampling/paged.py's page pool runs through this same attention.
 
 Shape suffixes: B batch, T query length, S key length (cache slots), D d_model, N query heads,
 K kv heads, G = N // K query heads per kv head, H head_dim, F mlp width, V vocab, L layers.
@@ -150,8 +152,12 @@ class Attention(nnx.Module):
       self.k_norm = RMSNorm(h, cfg, rngs)
     self.cfg = cfg
 
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, cache_kv=None, cache_index=None):
-    """Returns (output, (k, v)) where (k, v) is the updated cache or this call's keys/values."""
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, layer_cache=None):
+    """Returns (output, the updated layer cache or None).
+
+    layer_cache: where this call's keys/values are written and what is attended over (a
+    `DenseKV`, or sampling/paged.py's `PagedKV`); mask_BxTxS indexes the slots it returns.
+    """
     cfg, dt = self.cfg, self.cfg.jnp_dtype
     q = jnp.einsum('BTD,DNH->BTNH', x_BxTxD, self.q_DxNxH[...].astype(dt))
     k = jnp.einsum('BTD,DKH->BTKH', x_BxTxD, self.k_DxKxH[...].astype(dt))
@@ -169,10 +175,8 @@ class Attention(nnx.Module):
     # the whole cache) in place; a [B, S, K, H] cache was transposed in full every step.
     k = k.transpose(0, 2, 1, 3)
     v = v.transpose(0, 2, 1, 3)
-    if cache_kv is not None:  # Write this call's keys/values at cache_index; attend over all slots.
-      k_cache, v_cache = cache_kv
-      k = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), cache_index, 2)
-      v = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), cache_index, 2)
+    if layer_cache is not None:
+      k, v, layer_cache = layer_cache.update(k, v)
     b, t, n, h = q.shape
     kv_heads = k.shape[1]
     q_BxTxKxGxH = q.reshape(b, t, kv_heads, n // kv_heads, h) * (h ** -0.5)
@@ -185,7 +189,7 @@ class Attention(nnx.Module):
     # transpose the whole o weight every decode step instead of the small activation.
     out_BxTxE = out_BxKxGxTxH.transpose(0, 3, 1, 2, 4).reshape(b, t, n * h)
     out = jnp.einsum('BTE,ED->BTD', out_BxTxE, self.o_NxHxD[...].astype(dt).reshape(n * h, -1))
-    return out, (k, v)
+    return out, layer_cache
 
 
 class MLP(nnx.Module):
@@ -216,10 +220,10 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg.d_model, cfg, rngs)
     self.mlp = MLP(cfg, rngs)
 
-  def __call__(self, x, positions, mask, cache_kv=None, cache_index=None):
-    attn_out, kv = self.attn(self.attn_norm(x), positions, mask, cache_kv, cache_index)
+  def __call__(self, x, positions, mask, layer_cache=None):
+    attn_out, layer_cache = self.attn(self.attn_norm(x), positions, mask, layer_cache)
     x = x + attn_out
-    return x + self.mlp(self.mlp_norm(x)), kv
+    return x + self.mlp(self.mlp_norm(x)), layer_cache
 
 
 class Transformer(nnx.Module):
@@ -235,28 +239,31 @@ class Transformer(nnx.Module):
                                 (cfg.d_model, cfg.vocab_size), ('embed', 'vocab'), pdt)
     self.cfg = cfg
 
-  def hidden(self, tokens_BxT, positions_BxT, mask_BxTxS, cache: KVCache | None = None):
-    """Final-normed hidden states [B, T, D] and each layer's (k, v): the backbone that heads
-    (the LM's unembedding, a reward model's scalar head) sit on."""
+  def hidden(self, tokens_BxT, positions_BxT, mask_BxTxS, cache=None):
+    """Final-normed hidden states [B, T, D] and each layer's updated cache (None without one):
+    the backbone that heads (the LM's unembedding, a reward model's scalar head) sit on.
+
+    cache: None, a `KVCache`, or any cache whose `layer(i)` gives layer i's `update`-able
+    cache (sampling/paged.py's pages).
+    """
     cfg, dt = self.cfg, self.cfg.jnp_dtype
     x = jnp.take(self.embed_VxD[...], tokens_BxT, axis=0).astype(dt)
     if cfg.embed_scale:
       x = x * jnp.asarray(cfg.d_model ** 0.5, dt)
-    new_kv = []
+    new_layers = []
     for i, block in enumerate(self.blocks):
-      cache_kv = None if cache is None else (cache.k[i], cache.v[i])
-      index = None if cache is None else cache.index
+      layer_cache = None if cache is None else cache.layer(i)
       if cfg.remat:
-        x, kv = nnx.remat(lambda blk, *a: blk(*a))(block, x, positions_BxT, mask_BxTxS,
-                                                   cache_kv, index)
+        x, layer_cache = nnx.remat(lambda blk, *a: blk(*a))(block, x, positions_BxT, mask_BxTxS,
+                                                            layer_cache)
       else:
-        x, kv = block(x, positions_BxT, mask_BxTxS, cache_kv, index)
-      new_kv.append(kv)
-    return self.final_norm(x), new_kv
+        x, layer_cache = block(x, positions_BxT, mask_BxTxS, layer_cache)
+      new_layers.append(layer_cache)
+    return self.final_norm(x), new_layers
 
-  def __call__(self, tokens_BxT, positions_BxT, mask_BxTxS, cache: KVCache | None = None):
+  def __call__(self, tokens_BxT, positions_BxT, mask_BxTxS, cache=None):
     cfg, dt = self.cfg, self.cfg.jnp_dtype
-    x, new_kv = self.hidden(tokens_BxT, positions_BxT, mask_BxTxS, cache)
+    x, new_layers = self.hidden(tokens_BxT, positions_BxT, mask_BxTxS, cache)
     if cfg.tie_embeddings:
       logits = jnp.einsum('BTD,VD->BTV', x, self.embed_VxD[...].astype(dt),
                           preferred_element_type=jnp.float32)
@@ -265,7 +272,7 @@ class Transformer(nnx.Module):
                           preferred_element_type=jnp.float32)
     if cfg.logit_softcap > 0:
       logits = cfg.logit_softcap * jnp.tanh(logits / cfg.logit_softcap)
-    return logits, new_kv
+    return logits, new_layers
 
 
 # --- The functional core: what jitted steps call. ---------------------------------------------
@@ -287,6 +294,23 @@ class KVCache:
   @property
   def max_len(self) -> int:
     return self.valid_BxS.shape[1]
+
+  def layer(self, i: int) -> DenseKV:
+    return DenseKV(k=self.k[i], v=self.v[i], index=self.index)
+
+
+@flax.struct.dataclass
+class DenseKV:
+  """One layer of a `KVCache`: a call's T keys/values go to slots [index, index + T)."""
+  k: jax.Array  # [B, K, S, H]
+  v: jax.Array  # [B, K, S, H]
+  index: jax.Array
+
+  def update(self, k_BxKxTxH, v_BxKxTxH):
+    """Writes this call's keys/values; returns (keys, values) to attend over and the new layer."""
+    k = jax.lax.dynamic_update_slice_in_dim(self.k, k_BxKxTxH.astype(self.k.dtype), self.index, 2)
+    v = jax.lax.dynamic_update_slice_in_dim(self.v, v_BxKxTxH.astype(self.v.dtype), self.index, 2)
+    return k, v, DenseKV(k=k, v=v, index=self.index)
 
 
 def init_cache(cfg: TransformerConfig, batch_size: int, max_len: int, dtype=None) -> KVCache:
@@ -370,8 +394,8 @@ def forward_with_cache(model: Model, params, tokens_BxT, positions_BxT, input_ma
   causal_TxS = jnp.arange(cache.max_len)[None, :] <= slots_T[:, None]
   mask_BxTxS = valid[:, None, :] & causal_TxS[None]
   module = nnx.merge(model.graphdef, params)
-  logits, kv = module(tokens_BxT, positions_BxT, mask_BxTxS, cache)
-  new_cache = KVCache(k=[k for k, _ in kv], v=[v for _, v in kv], valid_BxS=valid,
+  logits, layers = module(tokens_BxT, positions_BxT, mask_BxTxS, cache)
+  new_cache = KVCache(k=[x.k for x in layers], v=[x.v for x in layers], valid_BxS=valid,
                       index=cache.index + t)
   return logits, new_cache
 
