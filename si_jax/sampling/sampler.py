@@ -51,6 +51,60 @@ class SampleOutput:
   sampling_logprobs: jax.Array
 
 
+def empty_output(rows: int, max_new: int) -> SampleOutput:
+  zeros = lambda dtype, *shape: jnp.zeros(shape, dtype)  # Distinct buffers: each can be donated.
+  return SampleOutput(tokens=zeros(jnp.int32, rows, max_new), lengths=zeros(jnp.int32, rows),
+                      finish_reason=zeros(jnp.int32, rows),
+                      logprobs=zeros(jnp.float32, rows, max_new),
+                      sampling_logprobs=zeros(jnp.float32, rows, max_new))
+
+
+def row_keys_of(seeds_R, samples_R):
+  """Sample j of a prompt with seed s draws from fold_in(PRNGKey(s), j), step t from
+  fold_in(that, t): a row samples the same whatever else shares its batch (or its decoder)."""
+  return jax.vmap(jax.random.fold_in)(jax.vmap(jax.random.PRNGKey)(seeds_R), samples_R)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPicker:
+  """One decode step's choice for every row: the token, its log-probs, and whether the row ends
+  (eos, a stop sequence, or its last step). Shared by the static and the paged decoders, so
+  both end rows by the same rules."""
+  strategy: Strategy
+  eos_id: int
+  stop_seqs: tuple[tuple[int, ...], ...]
+
+  @property
+  def width(self) -> int:
+    return max([len(s) for s in self.stop_seqs] + [1])
+
+  def no_recent(self, rows: int):
+    """The last-W-tokens window of rows that have generated nothing yet."""
+    return jnp.full((rows, self.width), -1, jnp.int32)
+
+  def __call__(self, logits_RxV, row_keys_R, step_R, live_R, recent_RxW, last_step_R):
+    """(token, model logp, sampling logp, recent window, finish reason); 0s on rows not live."""
+    width = self.width
+    # Stop sequences right-aligned in a [S, W] table; -2 never matches a token.
+    stop_table = np.full((max(len(self.stop_seqs), 1), width), -2, np.int32)
+    stop_valid = np.zeros((max(len(self.stop_seqs), 1), width), bool)
+    for i, s in enumerate(self.stop_seqs):
+      stop_table[i, width - len(s):], stop_valid[i, width - len(s):] = s, True
+    fold = jax.vmap(jax.random.fold_in, in_axes=(0, 0 if jnp.ndim(step_R) else None))
+    token, sampling_logp = self.strategy.sample(logits_RxV, fold(row_keys_R, step_R))
+    model_logp = jnp.take_along_axis(jax.nn.log_softmax(logits_RxV.astype(jnp.float32), -1),
+                                     token[:, None], axis=-1)[:, 0]
+    token = jnp.where(live_R, token, 0)
+    recent = jnp.concatenate([recent_RxW[:, 1:], token[:, None]], axis=1)
+    hit_stop = jnp.any(jnp.all((recent[:, None, :] == stop_table[None]) | ~stop_valid[None],
+                               axis=-1) & stop_valid.any(-1)[None], axis=-1) & live_R
+    hit_eos = (token == self.eos_id) & live_R
+    at_limit = last_step_R & live_R & ~hit_eos & ~hit_stop
+    reason = jnp.where(hit_eos, 1, jnp.where(hit_stop, 2, jnp.where(at_limit, 3, 0)))
+    return (token, jnp.where(live_R, model_logp, 0.0), jnp.where(live_R, sampling_logp, 0.0),
+            recent, reason)
+
+
 @flax.struct.dataclass
 class _DecodeState:
   cache: models.KVCache
@@ -78,64 +132,63 @@ def _decode(model: models.Model, strategy: Strategy, n: int, max_new: int, eos_i
             active_B, cache: models.KVCache, seeds_B, limit):
   """Decodes up to `limit` (<= max_new, the buffer size) tokens for n copies of each prompt.
 
-  Sample j of a prompt with seed s draws step t from key fold_in(fold_in(PRNGKey(s), j), t):
-  a prompt samples the same whatever else is in the batch.
+  Rows draw from `row_keys_of` keys: a prompt samples the same whatever else is in the batch.
   """
   repeat = lambda x: jnp.repeat(x, n, axis=0)
-  row_keys = jax.vmap(jax.random.fold_in)(repeat(jax.vmap(jax.random.PRNGKey)(seeds_B)),
-                                          jnp.tile(jnp.arange(n), seeds_B.shape[0]))
+  row_keys = row_keys_of(repeat(seeds_B), jnp.tile(jnp.arange(n), seeds_B.shape[0]))
   if n > 1:  # Copy each prompt's cache n times.
     cache = cache.replace(k=[repeat(k) for k in cache.k], v=[repeat(v) for v in cache.v],
                           valid_BxS=repeat(cache.valid_BxS))
   rows = last_logits_BxV.shape[0] * n
-  width = max([len(s) for s in stop_seqs] + [1])
-  # Stop sequences right-aligned in a [S, W] table; -2 never matches a token.
-  stop_table = np.full((max(len(stop_seqs), 1), width), -2, np.int32)
-  stop_valid = np.zeros((max(len(stop_seqs), 1), width), bool)
-  for i, s in enumerate(stop_seqs):
-    stop_table[i, width - len(s):], stop_valid[i, width - len(s):] = s, True
-  zeros_f = jnp.zeros((rows, max_new), jnp.float32)
+  pick = StepPicker(strategy, eos_id, stop_seqs)
   state = _DecodeState(
       cache=cache, logits_RxV=repeat(last_logits_BxV), position_R=repeat(next_pos_B),
-      recent_RxW=jnp.full((rows, width), -1, jnp.int32),
-      out=SampleOutput(tokens=jnp.zeros((rows, max_new), jnp.int32),
-                       lengths=jnp.zeros((rows,), jnp.int32),
-                       finish_reason=jnp.zeros((rows,), jnp.int32),
-                       logprobs=zeros_f, sampling_logprobs=zeros_f),
+      recent_RxW=pick.no_recent(rows), out=empty_output(rows, max_new),
       done_R=~repeat(active_B), step=jnp.zeros((), jnp.int32))
 
   def cond(s: _DecodeState):
     return (s.step < limit) & ~jnp.all(s.done_R)
 
   def body(s: _DecodeState):
-    step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, s.step)
-    token, sampling_logp = strategy.sample(s.logits_RxV, step_keys)
-    model_logp = jnp.take_along_axis(jax.nn.log_softmax(s.logits_RxV.astype(jnp.float32), -1),
-                                     token[:, None], axis=-1)[:, 0]
     live = ~s.done_R
-    token = jnp.where(live, token, 0)
-    recent = jnp.concatenate([s.recent_RxW[:, 1:], token[:, None]], axis=1)
-    hit_stop = jnp.any(jnp.all((recent[:, None, :] == stop_table[None]) | ~stop_valid[None],
-                               axis=-1) & stop_valid.any(-1)[None], axis=-1) & live
-    hit_eos = (token == eos_id) & live
-    at_limit = (s.step + 1 == limit) & live & ~hit_eos & ~hit_stop
-    reason = jnp.where(hit_eos, 1, jnp.where(hit_stop, 2, jnp.where(at_limit, 3, 0)))
+    token, model_logp, sampling_logp, recent, reason = pick(
+        s.logits_RxV, row_keys, s.step, live, s.recent_RxW, s.step + 1 == limit)
     out = s.out
     out = SampleOutput(
         tokens=out.tokens.at[:, s.step].set(token),
         lengths=out.lengths + live.astype(jnp.int32),
         finish_reason=jnp.where(reason > 0, reason, out.finish_reason),
-        logprobs=out.logprobs.at[:, s.step].set(jnp.where(live, model_logp, 0.0)),
-        sampling_logprobs=out.sampling_logprobs.at[:, s.step].set(
-            jnp.where(live, sampling_logp, 0.0)))
+        logprobs=out.logprobs.at[:, s.step].set(model_logp),
+        sampling_logprobs=out.sampling_logprobs.at[:, s.step].set(sampling_logp))
     logits, cache = models.forward_with_cache(model, params, token[:, None],
                                               s.position_R[:, None], live[:, None], s.cache)
     return _DecodeState(cache=cache, logits_RxV=logits[:, -1], position_R=s.position_R + 1,
-                        recent_RxW=recent, out=out, done_R=s.done_R | hit_eos | hit_stop,
+                        recent_RxW=recent, out=out, done_R=s.done_R | (reason == 1) | (reason == 2),
                         step=s.step + 1)
 
   final = jax.lax.while_loop(cond, body, state)
   return final.out, final.cache  # Returning the cache lets a donated input alias it in place.
+
+
+def check_request(vocab: int, prompts, max_new_tokens: int, n: int,
+                  max_cache_len: int | None = None):
+  """Fails on a request no sampler can serve, naming the argument."""
+  if len(prompts) == 0:
+    raise ValueError('sample: the prompt list is empty')
+  if any(len(p) == 0 for p in prompts):
+    raise ValueError('sample: a prompt is empty; encode prompts with bos=True')
+  if n < 1:
+    raise ValueError(f'sample: n={n} must be >= 1')
+  if max_new_tokens < 1:
+    raise ValueError(f'sample: max_new_tokens={max_new_tokens} must be >= 1')
+  longest = max(len(p) for p in prompts)
+  if max_cache_len is not None and longest + max_new_tokens > max_cache_len:
+    raise ValueError(f'sample: the longest prompt ({longest} tokens) + max_new_tokens '
+                     f'({max_new_tokens}) exceeds the cache length {max_cache_len}')
+  bad = [t for p in prompts for t in p if not 0 <= t < vocab]
+  if bad:
+    raise ValueError(f'sample: token id {bad[0]} is outside the model vocab [0, {vocab}): '
+                     f'the tokenizer does not match the model')
 
 
 @dataclasses.dataclass
@@ -203,7 +256,7 @@ class Sampler:
     Prompt b samples with seed `seed + b`, so the same prompt and seed give the same samples
     alone or in any batch.
     """
-    self._check(prompts, max_new_tokens, n, max_cache_len)
+    check_request(self.model.cfg.vocab_size, prompts, max_new_tokens, n, max_cache_len)
     prompt_len = bucket(max(len(p) for p in prompts))
     max_new = bucket(max_new_tokens)
     # Pad the batch to a bucketed size divisible by the data-parallel axes; drop the extras after.
@@ -223,25 +276,6 @@ class Sampler:
                  jnp.int32(max_new_tokens))
     trim = lambda x: x[:b * n, :max_new_tokens] if x.ndim == 2 else x[:b * n]
     return jax.tree.map(trim, jax.device_get(out))
-
-  def _check(self, prompts, max_new_tokens, n, max_cache_len):
-    if len(prompts) == 0:
-      raise ValueError('sample: the prompt list is empty')
-    if any(len(p) == 0 for p in prompts):
-      raise ValueError('sample: a prompt is empty; encode prompts with bos=True')
-    if n < 1:
-      raise ValueError(f'sample: n={n} must be >= 1')
-    if max_new_tokens < 1:
-      raise ValueError(f'sample: max_new_tokens={max_new_tokens} must be >= 1')
-    vocab = self.model.cfg.vocab_size
-    longest = max(len(p) for p in prompts)
-    if max_cache_len is not None and longest + max_new_tokens > max_cache_len:
-      raise ValueError(f'sample: the longest prompt ({longest} tokens) + max_new_tokens '
-                       f'({max_new_tokens}) exceeds the cache length {max_cache_len}')
-    bad = [t for p in prompts for t in p if not 0 <= t < vocab]
-    if bad:
-      raise ValueError(f'sample: token id {bad[0]} is outside the model vocab [0, {vocab}): '
-                       f'the tokenizer does not match the model')
 
   # --- Text API --------------------------------------------------------------------------------
 
