@@ -197,6 +197,76 @@ class PagedStats:
   chunks: int  # host round trips
 
 
+class _Scheduler:
+  """Host-side bookkeeping between decode chunks: free pages, resident prompts, the row in each
+  slot. Rows start in order (b*n + j); a prompt's pages are allocated (and prefilled) when its
+  first row starts and freed when its last row ends; a row reserves pages for max_new_tokens."""
+
+  def __init__(self, prompts, n: int, seed: int, num_pages: int, slots: int, page_size: int,
+               prompt_pages: int, own_pages: int, width: int):
+    self.prompts, self.n, self.seed, self.page_size = prompts, n, seed, page_size
+    self.prompt_pages, self.own_pages = prompt_pages, own_pages
+    self.num_pages = num_pages
+    self.free = list(range(num_pages - 1, 0, -1))  # pop() takes the lowest page; 0 is scratch.
+    self.pages_of_prompt: dict[int, list[int]] = {}  # resident prompts
+    self.unfinished = [n] * len(prompts)  # rows of each prompt not yet ended
+    self.waiting = collections.deque(range(len(prompts) * n))
+    self.busy = np.zeros(slots, bool)
+    self.own: list[list[int]] = [[] for _ in range(slots)]
+    self.row_of = np.zeros(slots, np.int64)
+    self.admit = _Admit(
+        mask_S=np.zeros(slots, bool), table_SxM=np.zeros((slots, width), np.int32),
+        prompt_len_S=np.ones(slots, np.int32), row_S=np.zeros(slots, np.int32),
+        prompt_S=np.zeros(slots, np.int32), sample_S=np.zeros(slots, np.int32),
+        seed_S=np.zeros(slots, np.int32))
+    self.peak = 0
+
+  def _pages(self, tokens: int) -> int:
+    return -(-tokens // self.page_size)
+
+  def fill(self) -> list[int]:
+    """Starts waiting rows on idle slots while pages last (sets `admit`); returns the prompts
+    that need a prefill."""
+    admit, new_prompts = self.admit, []
+    admit.mask_S[:] = False
+    for s in np.flatnonzero(~self.busy):
+      if not self.waiting:
+        break
+      r = self.waiting[0]
+      p = r // self.n
+      resident = p in self.pages_of_prompt
+      need = self.own_pages + (0 if resident else self._pages(len(self.prompts[p])))
+      if need > len(self.free):
+        break
+      self.waiting.popleft()
+      if not resident:
+        self.pages_of_prompt[p] = [self.free.pop() for _ in range(need - self.own_pages)]
+        new_prompts.append(p)
+      self.own[s] = [self.free.pop() for _ in range(self.own_pages)]
+      prompt_pages = self.pages_of_prompt[p]
+      admit.table_SxM[s] = 0
+      admit.table_SxM[s, :len(prompt_pages)] = prompt_pages
+      admit.table_SxM[s, self.prompt_pages:self.prompt_pages + self.own_pages] = self.own[s]
+      admit.prompt_len_S[s], admit.row_S[s], admit.prompt_S[s] = len(self.prompts[p]), r, p
+      admit.sample_S[s], admit.seed_S[s] = r % self.n, self.seed + p
+      admit.mask_S[s] = self.busy[s] = True
+      self.row_of[s] = r
+    self.peak = max(self.peak, self.num_pages - len(self.free))
+    if not self.busy.any() and self.waiting:  # Unreachable while num_pages passes its check.
+      raise ValueError(f'PagedSampler: num_pages={self.num_pages} cannot hold one row')
+    return new_prompts
+
+  def release(self, done_S: np.ndarray):
+    """Frees the slots (and pages) of rows that ended."""
+    for s in np.flatnonzero(self.busy & done_S):
+      self.busy[s] = False
+      self.free.extend(self.own[s])
+      p = self.row_of[s] // self.n
+      self.unfinished[p] -= 1
+      if self.unfinished[p] == 0:
+        self.free.extend(self.pages_of_prompt.pop(p))
+
+
 @dataclasses.dataclass
 class PagedSampler:
   """Samples like `Sampler.sample` from a paged, continuously batched decoder.
@@ -210,7 +280,7 @@ class PagedSampler:
   page_size: int = 16
   num_pages: int | None = None
   chunk: int = 8
-  stats: PagedStats | None = None
+  stats: PagedStats | None = dataclasses.field(default=None, init=False)
 
   def __post_init__(self):
     for name in ('slots', 'page_size', 'chunk'):
@@ -236,98 +306,55 @@ class PagedSampler:
           f'PagedSampler: num_pages={num_pages} is too small: a row needs {row_need} pages '
           f'(its prompt, and max_new_tokens={max_new_tokens} at page_size={ps}) plus the '
           f'scratch page, so at least {1 + row_need}')
-    b, rows = len(prompts), len(prompts) * n
-    rows_buf = bucket(rows)
+    rows, width = len(prompts) * n, prompt_pages + pages_of(max_new)
     pick = StepPicker(strategy, eos_id, tuple(tuple(int(t) for t in s) for s in stop_sequences))
 
-    s_count, width = self.slots, prompt_pages + pages_of(max_new)
-    pool = init_pool(cfg, num_pages, ps)
+    # --- Device state: the pool, idle slots, empty outputs ------------------------------------
+    ints = lambda *shape: jnp.zeros(shape, jnp.int32)  # Distinct buffers: all are donated.
     slots = _Slots(
-        pool=pool, table_SxM=jnp.zeros((s_count, width), jnp.int32),
-        prompt_len_S=jnp.ones((s_count,), jnp.int32), gen_len_S=jnp.zeros((s_count,), jnp.int32),
-        row_S=jnp.zeros((s_count,), jnp.int32), key_S=row_keys_of(jnp.zeros(s_count, jnp.int32),
-                                                                 jnp.zeros(s_count, jnp.int32)),
-        logits_SxV=jnp.zeros((s_count, cfg.vocab_size), jnp.float32),
-        recent_SxW=pick.no_recent(s_count), done_S=jnp.ones((s_count,), bool),
-        out=empty_output(rows_buf, max_new), steps=jnp.zeros((), jnp.int32))
-    prompt_logits = jnp.zeros((bucket(b, minimum=1), cfg.vocab_size), jnp.float32)
+        pool=init_pool(cfg, num_pages, ps), table_SxM=ints(self.slots, width),
+        prompt_len_S=ints(self.slots) + 1, gen_len_S=ints(self.slots), row_S=ints(self.slots),
+        key_S=row_keys_of(ints(self.slots), ints(self.slots)),
+        logits_SxV=jnp.zeros((self.slots, cfg.vocab_size), jnp.float32),
+        recent_SxW=pick.no_recent(self.slots), done_S=jnp.ones((self.slots,), bool),
+        out=empty_output(bucket(rows), max_new), steps=jnp.zeros((), jnp.int32))
+    prompt_logits = jnp.zeros((bucket(len(prompts), minimum=1), cfg.vocab_size), jnp.float32)
 
-    # --- Host-side bookkeeping ---------------------------------------------------------------
-    free = list(range(num_pages - 1, 0, -1))  # pop() takes the lowest page; 0 is scratch.
-    prompt_pages_of: dict[int, list[int]] = {}  # resident prompts
-    unfinished = [n] * b  # rows of each prompt not yet ended
-    waiting = collections.deque(range(rows))
-    busy = np.zeros(s_count, bool)
-    own = [[] for _ in range(s_count)]
-    row_of = np.zeros(s_count, np.int64)
-    admit = _Admit(mask_S=np.zeros(s_count, bool), table_SxM=np.zeros((s_count, width), np.int32),
-                   prompt_len_S=np.ones(s_count, np.int32), row_S=np.zeros(s_count, np.int32),
-                   prompt_S=np.zeros(s_count, np.int32), sample_S=np.zeros(s_count, np.int32),
-                   seed_S=np.zeros(s_count, np.int32))
-    prefilled = prompt_pages_written = peak = chunks = 0
-
+    # --- Refill idle slots, decode a chunk, release ended rows; until every row ended ---------
+    scheduler = _Scheduler(prompts, n, seed, num_pages, self.slots, ps, prompt_pages, own_pages,
+                           width)
+    prefilled = prompt_pages_written = chunks = 0
     while True:
-      admit.mask_S[:] = False
-      new_prompts = []
-      for s in np.flatnonzero(~busy):
-        if not waiting:
-          break
-        r = waiting[0]
-        p = r // n
-        need = own_pages + (0 if p in prompt_pages_of else pages_of(len(prompts[p])))
-        if need > len(free):
-          break
-        waiting.popleft()
-        if p not in prompt_pages_of:
-          prompt_pages_of[p] = [free.pop() for _ in range(pages_of(len(prompts[p])))]
-          new_prompts.append(p)
-        own[s] = [free.pop() for _ in range(own_pages)]
-        admit.table_SxM[s] = 0
-        admit.table_SxM[s, :len(prompt_pages_of[p])] = prompt_pages_of[p]
-        admit.table_SxM[s, prompt_pages:prompt_pages + own_pages] = own[s]
-        admit.prompt_len_S[s], admit.row_S[s], admit.prompt_S[s] = len(prompts[p]), r, p
-        admit.sample_S[s], admit.seed_S[s] = r % n, seed + p
-        admit.mask_S[s] = busy[s] = True
-        row_of[s] = r
-      peak = max(peak, num_pages - len(free))
+      new_prompts = scheduler.fill()
       if new_prompts:
         pool, prompt_logits = self._prefill_prompts(params, slots.pool, prompt_logits, prompts,
                                                     new_prompts, prompt_width, prompt_pages,
-                                                    prompt_pages_of)
+                                                    scheduler.pages_of_prompt)
         slots = slots.replace(pool=pool)
         prefilled += len(new_prompts)
-        prompt_pages_written += sum(len(prompt_pages_of[p]) for p in new_prompts)
-      if not busy.any():
-        if waiting:  # Unreachable while num_pages passes the check above.
-          raise ValueError(f'PagedSampler: num_pages={num_pages} cannot hold one row')
+        prompt_pages_written += sum(len(scheduler.pages_of_prompt[p]) for p in new_prompts)
+      if not scheduler.busy.any():
         break
-      slots = self._chunk(self.model, pick, ps, prompt_pages, params, slots, admit, prompt_logits,
-                          jnp.int32(max_new_tokens), jnp.int32(self.chunk))
-      done = np.asarray(slots.done_S)
+      slots = self._chunk(self.model, pick, ps, prompt_pages, params, slots, scheduler.admit,
+                          prompt_logits, jnp.int32(max_new_tokens), jnp.int32(self.chunk))
+      scheduler.release(np.asarray(slots.done_S))  # The one device -> host sync per chunk.
       chunks += 1
-      for s in np.flatnonzero(busy & done):
-        busy[s] = False
-        free.extend(own[s])
-        p = row_of[s] // n
-        unfinished[p] -= 1
-        if unfinished[p] == 0:
-          free.extend(prompt_pages_of.pop(p))
     out = jax.device_get(slots.out)
     out = jax.tree.map(lambda x: x[:rows, :max_new_tokens] if x.ndim == 2 else x[:rows], out)
     self.stats = PagedStats(decode_steps=int(slots.steps), slot_steps_live=int(out.lengths.sum()),
                             prompts_prefilled=prefilled, prompt_pages=prompt_pages_written,
-                            peak_pages=peak, chunks=chunks)
+                            peak_pages=scheduler.peak, chunks=chunks)
     return out
 
   def _prefill_prompts(self, params, pool, prompt_logits, prompts, which, prompt_width,
-                       prompt_pages, prompt_pages_of):
+                       prompt_pages, pages_of_prompt):
     """One prefill of the prompts `which` (padded to a power-of-two count) into their pages."""
     count = bucket(len(which), minimum=1)
     pad = count - len(which)
     tokens, _ = right_pad([prompts[p] for p in which] + [[0]] * pad, prompt_width)
     table = np.zeros((count, prompt_pages), np.int32)
     for i, p in enumerate(which):
-      table[i, :len(prompt_pages_of[p])] = prompt_pages_of[p]
+      table[i, :len(pages_of_prompt[p])] = pages_of_prompt[p]
     lengths = np.array([len(prompts[p]) for p in which] + [1] * pad, np.int32)
     index = np.array(list(which) + [prompt_logits.shape[0]] * pad, np.int32)
     return self._prefill(self.model, self.page_size, params, pool, prompt_logits, tokens,
