@@ -66,14 +66,18 @@ def _load() -> str:
   return f'{os.getloadavg()[0]:.1f}'
 
 
-def _median_time(fn, repeats):
-  fn()  # warm-up / compile
-  times = []
+def _interleaved(runs: dict, repeats: int):
+  """Times the runs in rounds (one of each per round) after a warm-up round. Returns {name:
+  median seconds}, the load average after each round and {name: warm-up round's result}."""
+  times, loads = {k: [] for k in runs}, [_load()]
+  first = {k: run() for k, run in runs.items()}  # Compiles.
   for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+    for k, run in runs.items():
+      start = time.perf_counter()
+      run()
+      times[k].append(time.perf_counter() - start)
+    loads.append(_load())
+  return {k: statistics.median(t) for k, t in times.items()}, loads, first
 
 
 def same_width(model, params, slot_counts):
@@ -86,19 +90,13 @@ def same_width(model, params, slot_counts):
     prompts = np.random.default_rng(slots).integers(4, model.cfg.vocab_size,
                                                     (slots // GROUP, PROMPT_LEN)).tolist()
     kwargs = dict(max_new_tokens=MAX_NEW, n=GROUP, eos_id=-1)
-    runs = {'static': sampling.Sampler(model), 'paged': paged.PagedSampler(
-        model, slots=slots, page_size=_PAGE_SIZE.value, chunk=MAX_NEW)}
-    times = {k: [] for k in runs}
-    before = _load()
-    for i in range(_REPEATS.value + 1):  # The first round compiles.
-      for k, sampler in runs.items():
-        start = time.perf_counter()
-        sampler.sample(params, prompts, **kwargs)
-        if i:
-          times[k].append(time.perf_counter() - start)
-    static_t, paged_t = (statistics.median(times[k]) / MAX_NEW * 1e3 for k in runs)
-    print(f'| {slots} | {static_t:.1f} | {paged_t:.1f} | {paged_t / static_t:.2f} | {before} -> '
-          f'{_load()} |', flush=True)
+    samplers = [sampling.Sampler(model),
+                paged.PagedSampler(model, slots=slots, page_size=_PAGE_SIZE.value, chunk=MAX_NEW)]
+    med, loads, _ = _interleaved({i: (lambda s=s: s.sample(params, prompts, **kwargs))
+                                  for i, s in enumerate(samplers)}, _REPEATS.value)
+    static_t, paged_t = med[0] / MAX_NEW * 1e3, med[1] / MAX_NEW * 1e3
+    print(f'| {slots} | {static_t:.1f} | {paged_t:.1f} | {paged_t / static_t:.2f} | {loads[0]} -> '
+          f'{loads[-1]} |', flush=True)
 
 
 def main(_):
@@ -123,21 +121,14 @@ def main(_):
     slots, chunk = map(int, config.split('x'))
     samplers[config] = paged.PagedSampler(model, slots=slots, page_size=_PAGE_SIZE.value,
                                           chunk=chunk)
-  times, loads = {k: [] for k in samplers}, [_load()]
-  for i in range(_REPEATS.value + 1):  # The first round compiles.
-    for k, sampler in samplers.items():
-      start = time.perf_counter()
-      out = sampler.sample(params, prompts, **kwargs)
-      if i:
-        times[k].append(time.perf_counter() - start)
-      elif k != 'static':
-        assert (out.tokens == reference.tokens).all(), f'{k}: tokens differ from static'
-    loads.append(_load())
+  med, loads, outs = _interleaved({k: (lambda s=s: s.sample(params, prompts, **kwargs))
+                                   for k, s in samplers.items()}, _REPEATS.value)
+  for k, out in outs.items():
+    assert (out.tokens == reference.tokens).all(), f'{k}: tokens differ from static'
   print(f'load average over the rounds: {" -> ".join(loads)}')
   print('| sampler | slots | chunk | tokens/s | s/rollout | time / static | decode steps '
         '| useful slot-steps | host rounds |')
   print('| --- | --- | --- | --- | --- | --- | --- | --- | --- |')
-  med = {k: statistics.median(t) for k, t in times.items()}
   for k, sampler in samplers.items():
     if k == 'static':
       name, slots, chunk, steps, rounds = 'static', num_prompts * GROUP, '-', lengths.max(), 1
