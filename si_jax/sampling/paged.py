@@ -109,7 +109,8 @@ def _prefill(model: models.Model, page_size: int, params, pool: Pool, prompt_log
   write_page = jnp.where(real_NxP, table_NxM[:, t_P // page_size], 0)
   write_offset = jnp.broadcast_to(t_P % page_size, tokens_NxP.shape)
   s_S = jnp.arange(table_NxM.shape[1] * page_size)
-  mask_NxPxS = (s_S[None, None] <= t_P[None, :, None]) & (s_S[None, None] < lengths_N[:, None, None])
+  mask_NxPxS = ((s_S[None, None] <= t_P[None, :, None]) &  # causal, and only the real tokens
+                (s_S[None, None] < lengths_N[:, None, None]))
   logits, pool = forward_paged(model, params, pool, tokens_NxP,
                                jnp.broadcast_to(t_P, tokens_NxP.shape), mask_NxPxS, write_page,
                                write_offset, table_NxM)
