@@ -10,7 +10,8 @@ labels). From it, two arms with the same optimizer:
   paradigm  the paradigm's own loop (si_jax.main with config.init_from = the base).
 Both are scored by greedy exact match on the same held-out problems ([seed, 1]); the gain is the
 paired per-problem difference with its standard error. A paradigm "beats continued SFT" when the
-gain exceeds 2 standard errors. tests/optimization/test_paradigms.py runs a smaller version of the same code.
+gain exceeds 2 standard errors. tests/optimization/test_paradigms.py runs a smaller version of
+the same code.
 """
 
 from __future__ import annotations

@@ -176,9 +176,9 @@ def run(config) -> dict:
       tracker.result[f'round_{r + 1}_judge_accuracy'] = history[-1]
       tracker.result[f'round_{r + 1}_judge_drift'] = logged['judge_drift']
       tracker.result[f'round_{r + 1}_judge_drift_flag'] = drift['flag']
-      tracker.end_round(r, state, logged, f"{len(problems)} prompts, {len(pairs)} pairs, judge agrees "
-                                   f"with the verifier on {history[-1]:.1%} "
-                                   f"({drift['reason']}), ")
+      tracker.end_round(r, state, logged,
+                        f"{len(problems)} prompts, {len(pairs)} pairs, judge agrees "
+                        f"with the verifier on {history[-1]:.1%} ({drift['reason']}), ")
   finally:
     exp.ckpt.close()
   return tracker.result

@@ -146,8 +146,8 @@ def test_star_rationalization_keeps_the_models_rationale_without_the_hint(monkey
   reward = lambda prompts, completions, answers: np.array(
       [task.verify(tasks.Problem(p, a, 0), c) for p, c, a in zip(prompts, completions, answers)])
   prompts, rationales = rejection_sampling.rationalize(
-      exp, None, None, reward, problems, set(), template='{answer}|{prompt}', gro=gro, strategy=None,
-      seed=0)
+      exp, None, None, reward, problems, set(), template='{answer}|{prompt}', gro=gro,
+      strategy=None, seed=0)
   assert seen == ['408|12*34=', '56|7*8=']  # The product, never the written steps.
   assert (prompts, rationales) == (['12*34='], ['84+063#408'])
   assert rejection_sampling.rationalize(exp, None, None, reward, problems, {'12*34=', '7*8='},
