@@ -133,6 +133,7 @@ class Checkpointer:
   def _restore_state(self, step: int, target, mismatch: str):
     """The state item of `step` onto `target`; a different state raises `mismatch`, unreadable
     files raise the damaged-checkpoint error."""
+    self._check_shapes(step, target, mismatch)
     try:
       return self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target)))['state']
@@ -142,6 +143,23 @@ class Checkpointer:
       raise ValueError(f'{mismatch}: {e}') from e
     except Exception as e:  # pylint: disable=broad-except  # tensorstore read errors.
       raise self._damaged(step, e) from e
+
+  def _check_shapes(self, step: int, target, mismatch: str):
+    """Compares `target` with the saved arrays' metadata before reading any of them.
+
+    Orbax would find a shape mismatch only inside its asynchronous reads, and leave the failed
+    read tasks behind to log "exception was never retrieved" whenever they are collected; this
+    check names every array that differs instead, and reads nothing.
+    """
+    with self._named_errors(step):
+      saved = _shapes(self.manager.item_metadata(step)['state'])
+    wanted = _shapes(target)
+    diffs = [f'{p}: checkpoint={saved.get(p, "absent")} wanted={w}' for p, w in wanted.items()
+             if saved.get(p) != w] + [f'{p}: not in the state being restored' for p in saved
+                                     if p not in wanted]
+    if diffs:
+      raise ValueError(f'{mismatch}: {"; ".join(diffs[:6])}'
+                       + (f' (and {len(diffs) - 6} more)' if len(diffs) > 6 else ''))
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -169,13 +187,26 @@ def _is_damage(error: Exception) -> bool:
   return any(k in text for k in ('not found', 'does not exist', 'TensorStore', 'Available items'))
 
 
+def _paths(tree, prefix: str = '') -> tuple[list[str], list[Any]]:
+  """Leaf paths as 'a/b/0' (the same for a dataclass field and the dict key orbax saves it
+  under), and the leaves."""
+  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+  paths = ['/'.join([prefix] * bool(prefix) + [str(getattr(k, 'key', getattr(k, 'name', k)))
+                                                for k in path]) for path, _ in leaves]
+  return paths, [leaf for _, leaf in leaves]
+
+
+def _shapes(tree) -> dict[str, str]:
+  """{path: 'dtype[shape]'} of arrays, abstract arrays or orbax's array metadata."""
+  paths, leaves = _paths(tree)
+  return {p: f'{jnp.dtype(x.dtype).name}{list(x.shape)}' for p, x in zip(paths, leaves)}
+
+
 def fingerprints(tree, prefix: str = '') -> dict[str, int]:
   """{path: hash of the array's bits}: uint32 sum of bits x position-dependent odd weights, so a
   changed, zeroed or moved element changes it, and it is the same on any mesh."""
-  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-  values = jax.device_get(_fingerprint_all([leaf for _, leaf in leaves]))
-  paths = ['/'.join([prefix] * bool(prefix) + [str(getattr(k, 'key', getattr(k, 'name', k)))
-                                                for k in path]) for path, _ in leaves]
+  paths, leaves = _paths(tree, prefix)
+  values = jax.device_get(_fingerprint_all(leaves))
   return {p: int(v) for p, v in zip(paths, values)}
 
 

@@ -1,8 +1,11 @@
 """What many tests build: tiny models and configs derived from the real ones (configs/*:tiny),
 the data-parallel mesh that learning tests run on, and the weak base model they start from."""
 
+import ast
 import fcntl
+import gc
 import os
+import pathlib
 
 from configs import rejection_sampling, self_train_arithmetic, sft_reverse
 from si_jax import models, train
@@ -74,3 +77,21 @@ def build_weak_base(root: str) -> str:
       train.warm_start(config)
       open(done, 'w').close()
   return os.path.join(config.workdir, 'base')
+
+
+def parse_python(path: pathlib.Path) -> ast.Module:
+  """ast.parse with the cyclic garbage collector paused.
+
+  On Python 3.11 a collection during a parse can run a finalizer that logs a traceback (asyncio's
+  "exception was never retrieved"), and 3.11 formats tracebacks by parsing source itself. That
+  nested parse corrupts the outer one's depth count: "SystemError: AST constructor recursion depth
+  mismatch" (seen once in CI; the family of cpython#106905).
+  """
+  source = path.read_text()
+  was_enabled = gc.isenabled()
+  gc.disable()
+  try:
+    return ast.parse(source)
+  finally:
+    if was_enabled:
+      gc.enable()

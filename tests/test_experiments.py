@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+from tests import helpers
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # A script runs as a module (`if __name__ == '__main__'`); helpers such as experiments/report.py
 # are imported by scripts and documented as libraries.
@@ -20,7 +22,7 @@ def _module(path: pathlib.Path) -> str:
 def test_each_script_documents_its_module_command():
   assert len(SCRIPTS) >= 9, SCRIPTS
   for path in SCRIPTS:
-    doc = ast.get_docstring(ast.parse(path.read_text())) or ''
+    doc = ast.get_docstring(helpers.parse_python(path)) or ''
     assert f'python -m {_module(path)}' in doc, f'{path}: document `python -m {_module(path)}`'
 
 
@@ -33,5 +35,5 @@ def test_each_script_imports_and_parses_its_flags():
                                  text=True) for path in SCRIPTS}
   for path, proc in runs.items():
     out, _ = proc.communicate(timeout=300)
-    first_line = ast.get_docstring(ast.parse(path.read_text())).splitlines()[0]
+    first_line = ast.get_docstring(helpers.parse_python(path)).splitlines()[0]
     assert 'Traceback' not in out and first_line in out, f'{path}:\n{out[-2000:]}'

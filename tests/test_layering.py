@@ -7,6 +7,7 @@ import ast
 import pathlib
 
 import si_jax
+from tests import helpers
 
 ROOT = pathlib.Path(si_jax.__file__).parent
 
@@ -16,7 +17,7 @@ def _graph() -> dict[str, set[str]]:
       '.__init__'): p for p in ROOT.rglob('*.py')}
   edges = {m: set() for m in modules}
   for module, path in modules.items():
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(helpers.parse_python(path)):
       if isinstance(node, ast.ImportFrom) and (node.module or '').startswith('si_jax'):
         for alias in node.names:
           sub = f'{node.module}.{alias.name}'
