@@ -75,8 +75,8 @@ def round_table(history: Sequence[dict[str, Any]], difficulties: Sequence[int]) 
   level (paired, 95% interval), then what the round did, saw and decided."""
   levels = [level_key(d) for d in difficulties]
   head = (['round', 'level'] + [f'self {k}' for k in levels] + [f'ctrl {k}' for k in levels] +
-          [f'self - ctrl {levels[-1]} (95% CI)', 'label acc', 'kept', 'val acc', 'diversity',
-           'entropy', 'decision'])
+          [f'self - ctrl {levels[-1]} (95% CI)', 'label acc', f'label acc {levels[-1]}', 'kept',
+           'val acc', 'diversity', 'entropy', 'decision'])
   lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
   if history and 'base' in history[0]:  # The base phase's model, before the loop.
     base = history[0]['base']
@@ -90,6 +90,7 @@ def round_table(history: Sequence[dict[str, Any]], difficulties: Sequence[int]) 
     cells += [f"{100 * gain['mean']:+.0f} ({100 * gain['low']:+.0f}, {100 * gain['high']:+.0f})"
               if gain else '-',
               _pct(row.get('label_accuracy')),
+              _pct(row.get('label_accuracy_by_level', {}).get(levels[-1])),
               f"{row['selected']}/{row['problems']}" if 'selected' in row else '-',
               _pct(row.get('validation_accuracy')),
               f"{row['diversity']:.3f}" if 'diversity' in row else '-',

@@ -21,7 +21,8 @@ from si_jax.tasks import Problem, Task
 # Row fields computed with ground truth: written to the report, never read by a decision or a
 # training example.
 REPORTED_ONLY = ('base', 'self', 'control', 'benchmark', 'control_benchmark', 'gain_over_control',
-                 'label_accuracy', 'sampled_accuracy', 'gen_verification_gap')
+                 'label_accuracy', 'label_accuracy_by_level', 'sampled_accuracy',
+                 'gen_verification_gap')
 
 
 # --- Reported only ------------------------------------------------------------------------------
@@ -65,14 +66,17 @@ def compare_arms(exp, problems: list[Problem], self_params, control_params,
 
 def label_report(task: Task, problems: list[Problem], samples: list[list[str]],
                  examples: list[dict]) -> dict:
-  """How right the round's pseudo-labels and samples were, and pass@k - pass@1 of the samples."""
-  answer_of = {p.prompt: p.answer for p in problems}
-  correct = [ex['completion'] == answer_of[ex['prompt']] for ex in examples]
+  """How right the round's pseudo-labels and samples were (overall and by level: easy levels'
+  labels can hide wrong ones at the hardest), and pass@k - pass@1 of the samples."""
+  problem_of = {p.prompt: p for p in problems}
+  correct = [ex['completion'] == problem_of[ex['prompt']].answer for ex in examples]
   verified = [[task.verify(p, t) for t in group] for p, group in zip(problems, samples)]
   n = np.asarray([len(group) for group in samples])
   c = np.asarray([sum(v >= 1.0 for v in group) for group in verified])
   k = int(n.min())
   return {'label_accuracy': float(np.mean(correct)) if correct else None,  # None: none kept.
+          'label_accuracy_by_level': report.keyed(metrics.by_difficulty(
+              [problem_of[ex['prompt']] for ex in examples], correct)),
           'sampled_accuracy': float(np.mean([np.mean(group) for group in verified])),
           'gen_verification_gap': monitors.gen_verification_gap(metrics.pass_at_k(n, c, k),
                                                                 metrics.pass_at_k(n, c, 1))}

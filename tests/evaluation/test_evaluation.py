@@ -6,9 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-from si_jax import models, sampling, tasks
+from si_jax import models, report, sampling, tasks
 from si_jax.data.store import DataStore
 from si_jax.evaluation import benchmark, contamination, interactive, metrics, monitors
+from si_jax.evaluation import stage as evaluation_stage
 from si_jax.tasks.base import Problem
 from si_jax.tokenizers import Tokenizer
 from tests.helpers import tiny_model_config
@@ -78,6 +79,22 @@ def test_by_difficulty_and_summarize():
   assert s['maj@4'] == 0.5 and s['maj@4/d3'] == 1.0  # A tie: 'cba' came first.
   assert s['maj@4/d2'] == 0.0 and s['maj@4/d1'] == 1.0
   assert all(isinstance(v, (int, float)) for v in s.values())
+
+
+def test_label_report_shows_wrong_hard_labels_that_easy_ones_hide():
+  """Nine right labels at level 1 and one wrong at level 3 average to 90%: the by-level report
+  and the round table's hardest-level column show the 0%."""
+  problems = [Problem(f'{c}>', c, 1) for c in 'abcdefghi'] + [P_ABC, P_DE]
+  labelled = [{'prompt': p.prompt, 'completion': p.answer} for p in problems[:9]]
+  labelled.append({'prompt': P_ABC.prompt, 'completion': 'abc'})  # Wrong: the answer is 'cba'.
+  samples = [[p.answer] * 2 for p in problems[:9]] + [['abc', 'abc'], ['x', 'ed']]
+  out = evaluation_stage.label_report(REVERSE, problems, samples, labelled)
+  assert out['label_accuracy'] == pytest.approx(0.9)
+  assert out['label_accuracy_by_level'] == {'d1': 1.0, 'd3': 0.0}
+  table = report.round_table([{'round': 1, 'self': {}, 'control': {}, **out}], [1, 2, 3])
+  header, cells = (line.split(' | ') for line in (table.splitlines()[0], table.splitlines()[2]))
+  assert cells[header.index('label acc')] == '90'
+  assert cells[header.index('label acc d3')] == '0'
 
 
 # --- benchmarks and contamination ------------------------------------------------------------
