@@ -40,7 +40,7 @@ def get_config(variant: str = '') -> ml_collections.ConfigDict:
   c.task.pad_operands = True  # Zero-pad both operands to the level's width (one layout a level).
   c.data.seq_len = 24  # bos + 'a+b=' + answer + eos (model samples longer than that are cut).
   c.data.seed_set_size = 6000  # The labelled seed set: the only labels of the run.
-  c.data.difficulty_weights = (1.0, 1.0, 1.0, 0.08)  # Seed set mix: ~150 of the hardest level.
+  c.data.difficulty_weights = (1.0, 1.0, 1.0, 0.15)  # Seed set mix: ~280 of the hardest level.
   c.data.seed_validation_size = 300  # Held out of the seed set: monitors and control tuning.
 
   # The base phase: SFT on the seed set.

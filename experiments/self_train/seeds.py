@@ -43,6 +43,9 @@ ARMS = {
     'from_base': {'loop.start': 'base'},
     'constant_lr': {'optimizer.schedule': 'constant'},
     'no_seed_mix': {'loop.seed_mix_ratio': 0.0},
+    'seed_mix_0.5': {'loop.seed_mix_ratio': 0.5},
+    'lr_1e-3': {'optimizer.learning_rate': 1e-3},
+    'lr_5e-4': {'optimizer.learning_rate': 5e-4},
 }
 _ARMS = flags.DEFINE_list('arms', ['ceiling'], f'Variants run beside self: {", ".join(ARMS)}.')
 
