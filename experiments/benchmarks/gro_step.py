@@ -1,10 +1,12 @@
 """GRO-STEP benchmark (shared/BENCHMARKS.md): one GRPO iteration on REF-25M.
 
-  python -m experiments.benchmarks.gro_step [--repeats=3]
+  python -m experiments.benchmarks.gro_step [--repeats=3] [--grad_accum_steps=4]
 
 16 prompts x a group of 8 samples, 32 prompt tokens, exactly 64 completion tokens, a frozen
 reference copy: generation + reference scoring + one optimizer step. Reports samples/s, the time
 split, and the update's model FLOP utilisation (6 * params * tokens / time / matmul peak).
+The update runs its 128 rows as `grad_accum_steps` microbatches (config.optimizer's knob): on a
+CPU, 32-row microbatches keep the activations in cache (see experiments/benchmarks/README.md).
 """
 
 import functools
@@ -21,6 +23,7 @@ from si_jax import layout, models, optimizers, sampling, sharding, train_state
 from si_jax.optimization import grpo, train_step
 
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed iterations (median reported).')
+_ACCUM = flags.DEFINE_integer('grad_accum_steps', 4, 'Microbatches of the update (1: one pass).')
 PROMPTS, GROUP, PROMPT_LEN, NEW = 16, 8, 32, 64
 
 
@@ -33,7 +36,8 @@ def main(_):
   reference = jax.tree.map(lambda x: x.copy(), state.params)
   grpo_cfg = grpo.GRPOConfig(beta=0.04, max_completion_len=NEW)
   step = train_step.jit_train_step(train_step.make_train_step(
-      functools.partial(grpo.grpo_loss, model, cfg=grpo_cfg), tx, schedule), shardings, mesh)
+      functools.partial(grpo.grpo_loss, model, cfg=grpo_cfg), tx, schedule, _ACCUM.value),
+      shardings, mesh)
   sampler = sampling.Sampler(model, mesh)
   rng = np.random.default_rng(0)
   prompts = rng.integers(4, cfg.vocab_size, (PROMPTS, PROMPT_LEN)).tolist()
@@ -60,6 +64,7 @@ def main(_):
     times['update'] = time.perf_counter() - t
     return state, times
 
+  peak = matmul_peak_flops()  # Measured before and after: the higher (a lower MFU) is kept.
   state, _ = iteration(state)  # compile
   runs = []
   for _ in range(_REPEATS.value):
@@ -69,14 +74,16 @@ def main(_):
   total = sum(med.values())
   n_params = models.param_count(state.params)
   update_tokens = rows * (PROMPT_LEN + NEW)
-  mfu = 6 * n_params * update_tokens / med['update'] / matmul_peak_flops()
+  peak = max(peak, matmul_peak_flops())
+  flops = 6 * n_params * update_tokens / med['update']
   print(f'GRO-STEP on REF-25M ({n_params:,} params), {PROMPTS} prompts x {GROUP} samples, '
-        f'{PROMPT_LEN}+{NEW} tokens, {jax.devices()[0].platform}')
-  print('| samples/s | iteration | generate | reference | update | update MFU |')
-  print('| --- | --- | --- | --- | --- | --- |')
+        f'{PROMPT_LEN}+{NEW} tokens, update in {_ACCUM.value} microbatches, '
+        f'{jax.devices()[0].platform}')
+  print('| samples/s | iteration | generate | reference | update | update GFLOP/s | update MFU |')
+  print('| --- | --- | --- | --- | --- | --- | --- |')
   share = lambda k: f'{med[k]:.2f} s ({med[k] / total:.0%})'
   print(f'| {rows / total:.1f} | {total:.2f} s | {share("generate")} | {share("reference")} '
-        f'| {share("update")} | {mfu:.0%} |')
+        f'| {share("update")} | {flops / 1e9:.0f} | {flops / peak:.0%} of {peak / 1e9:.0f} |')
 
 
 if __name__ == '__main__':
