@@ -145,7 +145,7 @@ class Checkpointer:
       raise self._damaged(step, e) from e
 
   def _check_shapes(self, step: int, target, mismatch: str):
-    """Compares `target` with the saved arrays' metadata before reading any of them.
+    """Compares `target`'s shapes with the saved arrays' metadata before reading any of them.
 
     Orbax would find a shape mismatch only inside its asynchronous reads, and leave the failed
     read tasks behind to log "exception was never retrieved" whenever they are collected; this
@@ -196,10 +196,11 @@ def _paths(tree, prefix: str = '') -> tuple[list[str], list[Any]]:
   return paths, [leaf for _, leaf in leaves]
 
 
-def _shapes(tree) -> dict[str, str]:
-  """{path: 'dtype[shape]'} of arrays, abstract arrays or orbax's array metadata."""
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+  """{path: shape} of arrays, abstract arrays or orbax's array metadata (dtypes may differ:
+  orbax casts on restore)."""
   paths, leaves = _paths(tree)
-  return {p: f'{jnp.dtype(x.dtype).name}{list(x.shape)}' for p, x in zip(paths, leaves)}
+  return {p: tuple(x.shape) for p, x in zip(paths, leaves)}
 
 
 def fingerprints(tree, prefix: str = '') -> dict[str, int]:
