@@ -77,12 +77,15 @@ class Checkpointer:
         f'directory aside to resume from the previous checkpoint '
         f'({others[-1] if others else "none left: a fresh start"}), or use another workdir.')
 
-  def _check_fingerprints(self, step: int, restored, meta: dict[str, Any], prefix: str = ''):
+  def _check_fingerprints(self, step: int, restored, meta: dict[str, Any], prefix: str = '',
+                          cast: frozenset[str] = frozenset()):
+    """Every restored array's bits against the fingerprint saved with it, except the `cast`
+    paths: restored into another dtype, their bits differ by design."""
     saved = meta.get('fingerprints')
     if saved is None:  # Written before fingerprints existed.
       return
     for path, value in fingerprints(restored, prefix).items():
-      if saved.get(path, value) != value:
+      if path not in cast and saved.get(path, value) != value:
         raise self._damaged(step, ValueError(f'array {path} does not match the fingerprint '
                                              f'recorded when it was saved'))
 
@@ -99,10 +102,10 @@ class Checkpointer:
       check_model_config(meta['model_config'], model_cfg, f'{self.directory}/{step}')
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           abstract_state, shardings)
-    state = self._restore_state(step, target, f'checkpoint {self.directory}/{step} does not '
-                                f'match the state being restored (different model, optimizer or '
-                                f'train state?)')
-    self._check_fingerprints(step, state, meta)
+    state, cast = self._restore_state(step, target, f'checkpoint {self.directory}/{step} does '
+                                      f'not match the state being restored (different model, '
+                                      f'optimizer or train state?)')
+    self._check_fingerprints(step, state, meta, cast=cast)
     return state, meta
 
   def restore_params(self, abstract_params, param_shardings, step: int | None = None,
@@ -125,18 +128,19 @@ class Checkpointer:
     target['params'] = jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_params,
         param_shardings)
-    params = self._restore_state(
-        step, target, f'params in {self.directory}/{step} do not match the model')['params']
-    self._check_fingerprints(step, params, meta, prefix='params')
+    state, cast = self._restore_state(
+        step, target, f'params in {self.directory}/{step} do not match the model')
+    params = state['params']
+    self._check_fingerprints(step, params, meta, prefix='params', cast=cast)
     return params, meta
 
   def _restore_state(self, step: int, target, mismatch: str):
-    """The state item of `step` onto `target`; a different state raises `mismatch`, unreadable
-    files raise the damaged-checkpoint error."""
-    self._check_shapes(step, target, mismatch)
+    """(the state item of `step` on `target`, the paths cast to another dtype); a different
+    state raises `mismatch`, unreadable files raise the damaged-checkpoint error."""
+    cast = self._check_shapes(step, target, mismatch)
     try:
       return self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target)))['state']
+          state=ocp.args.StandardRestore(target)))['state'], cast
     except (ValueError, KeyError, TypeError) as e:
       if _is_damage(e):
         raise self._damaged(step, e) from e
@@ -144,22 +148,26 @@ class Checkpointer:
     except Exception as e:  # pylint: disable=broad-except  # tensorstore read errors.
       raise self._damaged(step, e) from e
 
-  def _check_shapes(self, step: int, target, mismatch: str):
-    """Compares `target`'s shapes with the saved arrays' metadata before reading any of them.
+  def _check_shapes(self, step: int, target, mismatch: str) -> frozenset[str]:
+    """Compares `target`'s shapes with the saved arrays' metadata before reading any of them;
+    returns the paths whose dtype differs (orbax casts them on restore).
 
     Orbax would find a shape mismatch only inside its asynchronous reads, and leave the failed
     read tasks behind to log "exception was never retrieved" whenever they are collected; this
     check names every array that differs instead, and reads nothing.
     """
     with self._named_errors(step):
-      saved = _shapes(self.manager.item_metadata(step)['state'])
-    wanted = _shapes(target)
+      metadata = self.manager.item_metadata(step)['state']
+    saved, wanted = _shapes(metadata), _shapes(target)
     diffs = [f'{p}: checkpoint={saved.get(p, "absent")} wanted={w}' for p, w in wanted.items()
              if saved.get(p) != w] + [f'{p}: not in the state being restored' for p in saved
                                      if p not in wanted]
     if diffs:
       raise ValueError(f'{mismatch}: {"; ".join(diffs[:6])}'
                        + (f' (and {len(diffs) - 6} more)' if len(diffs) > 6 else ''))
+    saved_dtypes = dict(zip(*_paths(metadata)))
+    return frozenset(p for p, x in zip(*_paths(target))
+                     if jnp.dtype(x.dtype) != jnp.dtype(saved_dtypes[p].dtype))
 
   def wait(self):
     self.manager.wait_until_finished()

@@ -2,6 +2,7 @@
 
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -66,6 +67,28 @@ def test_mismatched_model_names_the_fields(saved):
   with pytest.raises(ValueError, match=r'does not match.*params/.*checkpoint=\(.*32.*\) '
                                        r'wanted=\(.*48'):
     ckpt.restore(abstract, shardings)
+
+
+def test_restore_into_another_dtype_casts_and_still_checks_the_rest(tmp_path):
+  """A float32 checkpoint restored into bfloat16 params is cast, not called damaged; the arrays
+  restored in their own dtype are still checked against their fingerprints."""
+  ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=False)
+  saved = {'params': {'w': jnp.linspace(0, 1, 12, dtype=jnp.float32).reshape(4, 3)},
+           'step': jnp.int32(7)}
+  ckpt.save(1, saved)
+  ckpt.wait()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = {'params': {'w': jax.ShapeDtypeStruct((4, 3), jnp.bfloat16)},
+            'step': jax.ShapeDtypeStruct((), jnp.int32)}
+  shardings = jax.tree.map(lambda _: device, target)
+  restored, _ = ckpt.restore(target, shardings)
+  assert restored['params']['w'].dtype == jnp.bfloat16
+  np.testing.assert_array_equal(restored['params']['w'],
+                                saved['params']['w'].astype(jnp.bfloat16))
+  meta = ckpt.read_meta(1)
+  meta['fingerprints']['step'] += 1  # As if the step's file had been damaged.
+  with pytest.raises(ValueError, match='array step does not match the fingerprint'):
+    ckpt._check_fingerprints(1, restored, meta, cast=frozenset({'params/w'}))
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
