@@ -18,12 +18,11 @@ import numpy as np
 from absl import app, flags
 
 from configs import base
-from experiments.benchmarks.train_step import matmul_peak_flops
+from experiments.benchmarks.train_step import GRAD_ACCUM, matmul_peak_flops
 from si_jax import layout, models, optimizers, sampling, sharding, train_state
 from si_jax.optimization import grpo, train_step
 
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed iterations (median reported).')
-_ACCUM = flags.DEFINE_integer('grad_accum_steps', 4, 'Microbatches of the update (1: one pass).')
 PROMPTS, GROUP, PROMPT_LEN, NEW = 16, 8, 32, 64
 
 
@@ -36,7 +35,7 @@ def main(_):
   reference = jax.tree.map(lambda x: x.copy(), state.params)
   grpo_cfg = grpo.GRPOConfig(beta=0.04, max_completion_len=NEW)
   step = train_step.jit_train_step(train_step.make_train_step(
-      functools.partial(grpo.grpo_loss, model, cfg=grpo_cfg), tx, schedule, _ACCUM.value),
+      functools.partial(grpo.grpo_loss, model, cfg=grpo_cfg), tx, schedule, GRAD_ACCUM.value),
       shardings, mesh)
   sampler = sampling.Sampler(model, mesh)
   rng = np.random.default_rng(0)
@@ -77,7 +76,7 @@ def main(_):
   peak = max(peak, matmul_peak_flops())
   flops = 6 * n_params * update_tokens / med['update']
   print(f'GRO-STEP on REF-25M ({n_params:,} params), {PROMPTS} prompts x {GROUP} samples, '
-        f'{PROMPT_LEN}+{NEW} tokens, update in {_ACCUM.value} microbatches, '
+        f'{PROMPT_LEN}+{NEW} tokens, update in {GRAD_ACCUM.value} microbatches, '
         f'{jax.devices()[0].platform}')
   print('| samples/s | iteration | generate | reference | update | update GFLOP/s | update MFU |')
   print('| --- | --- | --- | --- | --- | --- | --- |')

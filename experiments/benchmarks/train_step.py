@@ -1,6 +1,7 @@
 """TRAIN-STEP benchmark (shared/BENCHMARKS.md): SFT step time, tokens/s and MFU.
 
   python -m experiments.benchmarks.train_step                # REF-25M, batch 16 x 96
+  python -m experiments.benchmarks.train_step --grad_accum_steps=1   # one 16-row pass
   python -m experiments.benchmarks.train_step --model=demo   # the SFT demo's model, batch 64 x 20
 
 Reports the median of timed steps after warm-up; MFU = 6 * params * tokens / time / peak, with
@@ -22,6 +23,9 @@ from si_jax.optimization import sft, train_step
 
 _MODEL = flags.DEFINE_enum('model', 'ref25m', ['ref25m', 'demo'], 'Which model to time.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps.')
+# Also gro_step.py's flag (it imports this module).
+GRAD_ACCUM = flags.DEFINE_integer('grad_accum_steps', 4, 'Microbatches of the timed update (1: '
+                                  'one pass; on a CPU, microbatches keep activations in cache).')
 
 
 def matmul_peak_flops(n: int = 2048, reps: int = 5) -> float:
@@ -47,7 +51,7 @@ def main(_):
   tx, schedule = optimizers.make_optimizer(config.optimizer, 1000)
   model, state, shardings = train_state.create(model_cfg, tx, mesh, seed=0)
   step = train_step.jit_train_step(train_step.make_train_step(
-      functools.partial(sft.sft_loss, model), tx, schedule), shardings, mesh)
+      functools.partial(sft.sft_loss, model), tx, schedule, GRAD_ACCUM.value), shardings, mesh)
   rng = np.random.default_rng(0)
   batch = sharding.shard_batch({
       'tokens': rng.integers(0, model_cfg.vocab_size, (b, t + 1)).astype(np.int32),
@@ -66,9 +70,10 @@ def main(_):
   tokens = b * t
   peak = matmul_peak_flops()
   mfu = 6 * n_params * tokens / median / peak
-  print(f'| model | params | batch | median step | tokens/s | MFU (6*N*D) | matmul peak |')
-  print(f'| --- | --- | --- | --- | --- | --- | --- |')
-  print(f'| {_MODEL.value} | {n_params:,} | {b}x{t} | {median * 1e3:.1f} ms '
+  print('| model | params | batch | microbatches | median step | tokens/s | MFU (6*N*D) '
+        '| matmul peak |')
+  print('| --- | --- | --- | --- | --- | --- | --- | --- |')
+  print(f'| {_MODEL.value} | {n_params:,} | {b}x{t} | {GRAD_ACCUM.value} | {median * 1e3:.1f} ms '
         f'| {tokens / median:,.0f} '
         f'| {mfu:.1%} | {peak / 1e9:.0f} GFLOP/s |')
 
