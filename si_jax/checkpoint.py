@@ -102,9 +102,10 @@ class Checkpointer:
       check_model_config(meta['model_config'], model_cfg, f'{self.directory}/{step}')
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           abstract_state, shardings)
-    state, cast = self._restore_state(step, target, f'checkpoint {self.directory}/{step} does '
-                                      f'not match the state being restored (different model, '
-                                      f'optimizer or train state?)')
+    state, cast = self._restore_state(step, target, self._state_metadata(step),
+                                      f'checkpoint {self.directory}/{step} does not match the '
+                                      f'state being restored (different model, optimizer or '
+                                      f'train state?)')
     self._check_fingerprints(step, state, meta, cast=cast)
     return state, meta
 
@@ -119,8 +120,7 @@ class Checkpointer:
     meta = self.read_meta(step)
     if model_cfg is not None and 'model_config' in meta:
       check_model_config(meta['model_config'], model_cfg, f'{self.directory}/{step}')
-    with self._named_errors(step):
-      saved = self.manager.item_metadata(step)['state']
+    saved = self._state_metadata(step)
     rep = jax.sharding.NamedSharding(jax.tree.leaves(param_shardings)[0].mesh,
                                      jax.sharding.PartitionSpec())
     target = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=rep),
@@ -129,15 +129,20 @@ class Checkpointer:
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_params,
         param_shardings)
     state, cast = self._restore_state(
-        step, target, f'params in {self.directory}/{step} do not match the model')
+        step, target, saved, f'params in {self.directory}/{step} do not match the model')
     params = state['params']
     self._check_fingerprints(step, params, meta, prefix='params', cast=cast)
     return params, meta
 
-  def _restore_state(self, step: int, target, mismatch: str):
+  def _state_metadata(self, step: int):
+    """The saved state's tree of array metadata (shapes, dtypes); reads no array."""
+    with self._named_errors(step):
+      return self.manager.item_metadata(step)['state']
+
+  def _restore_state(self, step: int, target, saved_metadata, mismatch: str):
     """(the state item of `step` on `target`, the paths cast to another dtype); a different
     state raises `mismatch`, unreadable files raise the damaged-checkpoint error."""
-    cast = self._check_shapes(step, target, mismatch)
+    cast = _cast_paths(saved_metadata, target, mismatch)
     try:
       return self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target)))['state'], cast
@@ -147,27 +152,6 @@ class Checkpointer:
       raise ValueError(f'{mismatch}: {e}') from e
     except Exception as e:  # pylint: disable=broad-except  # tensorstore read errors.
       raise self._damaged(step, e) from e
-
-  def _check_shapes(self, step: int, target, mismatch: str) -> frozenset[str]:
-    """Compares `target`'s shapes with the saved arrays' metadata before reading any of them;
-    returns the paths whose dtype differs (orbax casts them on restore).
-
-    Orbax would find a shape mismatch only inside its asynchronous reads, and leave the failed
-    read tasks behind to log "exception was never retrieved" whenever they are collected; this
-    check names every array that differs instead, and reads nothing.
-    """
-    with self._named_errors(step):
-      metadata = self.manager.item_metadata(step)['state']
-    saved, wanted = _shapes(metadata), _shapes(target)
-    diffs = [f'{p}: checkpoint={saved.get(p, "absent")} wanted={w}' for p, w in wanted.items()
-             if saved.get(p) != w] + [f'{p}: not in the state being restored' for p in saved
-                                     if p not in wanted]
-    if diffs:
-      raise ValueError(f'{mismatch}: {"; ".join(diffs[:6])}'
-                       + (f' (and {len(diffs) - 6} more)' if len(diffs) > 6 else ''))
-    saved_dtypes = dict(zip(*_paths(metadata)))
-    return frozenset(p for p, x in zip(*_paths(target))
-                     if jnp.dtype(x.dtype) != jnp.dtype(saved_dtypes[p].dtype))
 
   def wait(self):
     self.manager.wait_until_finished()
@@ -204,11 +188,24 @@ def _paths(tree, prefix: str = '') -> tuple[list[str], list[Any]]:
   return paths, [leaf for _, leaf in leaves]
 
 
-def _shapes(tree) -> dict[str, tuple[int, ...]]:
-  """{path: shape} of arrays, abstract arrays or orbax's array metadata (dtypes may differ:
-  orbax casts on restore)."""
-  paths, leaves = _paths(tree)
-  return {p: tuple(x.shape) for p, x in zip(paths, leaves)}
+def _cast_paths(saved_metadata, target, mismatch: str) -> frozenset[str]:
+  """Compares `target`'s shapes with the saved arrays' metadata before any array is read, and
+  returns the paths whose dtype differs (orbax casts them on restore).
+
+  Orbax would find a shape mismatch only inside its asynchronous reads, and leave the failed
+  read tasks behind to log "exception was never retrieved" whenever they are collected; this
+  names every array that differs instead.
+  """
+  saved, wanted = dict(zip(*_paths(saved_metadata))), dict(zip(*_paths(target)))
+  diffs = [f'{p}: checkpoint={tuple(saved[p].shape) if p in saved else "absent"} '
+           f'wanted={tuple(x.shape)}' for p, x in wanted.items()
+           if p not in saved or saved[p].shape != x.shape]
+  diffs += [f'{p}: not in the state being restored' for p in saved if p not in wanted]
+  if diffs:
+    raise ValueError(f'{mismatch}: {"; ".join(diffs[:6])}'
+                     + (f' (and {len(diffs) - 6} more)' if len(diffs) > 6 else ''))
+  return frozenset(p for p, x in wanted.items()
+                   if jnp.dtype(x.dtype) != jnp.dtype(saved[p].dtype))
 
 
 def fingerprints(tree, prefix: str = '') -> dict[str, int]:
