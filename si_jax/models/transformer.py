@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import flax.struct
@@ -131,6 +132,19 @@ def apply_rope(x_BxTxNxH, positions_BxT, theta: float):
   return out.astype(x_BxTxNxH.dtype)
 
 
+def dense(x_BxTxI, w_IxO, w_OxI=None):
+  """x @ w over the last axis of x. With `w_OxI`, the same weight stored output-major (see
+  `output_major`), it computes (w_OxI @ x^T)^T instead: the same math, laid out for skinny
+  decode matmuls. On CPU, Eigen multiplies a [B, I] activation by an [I, O] weight at ~36
+  GFLOP/s for B = 16 and the output-major way at ~72 (experiments/benchmarks/README.md). The
+  barrier keeps XLA from folding the transposes back into the slow form."""
+  if w_OxI is None:
+    return jnp.einsum('BTI,IO->BTO', x_BxTxI, w_IxO)
+  b, t, i = x_BxTxI.shape
+  y_OxR = jnp.einsum('OI,RI->OR', w_OxI, x_BxTxI.reshape(b * t, i))
+  return jax.lax.optimization_barrier(y_OxR).T.reshape(b, t, -1)
+
+
 class Attention(nnx.Module):
 
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
@@ -152,16 +166,21 @@ class Attention(nnx.Module):
       self.k_norm = RMSNorm(h, cfg, rngs)
     self.cfg = cfg
 
-  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, layer_cache=None):
+  def __call__(self, x_BxTxD, positions_BxT, mask_BxTxS, layer_cache=None, out_major=None):
     """Returns (output, the updated layer cache or None).
 
     layer_cache: where this call's keys/values are written and what is attended over (a
     `DenseKV`, or sampling/paged.py's `PagedKV`); mask_BxTxS indexes the slots it returns.
+    out_major: this layer's output-major weights (see `dense`), or None.
     """
     cfg, dt = self.cfg, self.cfg.jnp_dtype
-    q = jnp.einsum('BTD,DNH->BTNH', x_BxTxD, self.q_DxNxH[...].astype(dt))
-    k = jnp.einsum('BTD,DKH->BTKH', x_BxTxD, self.k_DxKxH[...].astype(dt))
-    v = jnp.einsum('BTD,DKH->BTKH', x_BxTxD, self.v_DxKxH[...].astype(dt))
+    b, t, d = x_BxTxD.shape
+    w = out_major or {}
+    project = lambda name, heads: dense(x_BxTxD, getattr(self, name)[...].astype(dt).reshape(
+        d, -1), w.get(name)).reshape(b, t, heads, cfg.head_dim)
+    q = project('q_DxNxH', cfg.num_heads)
+    k = project('k_DxKxH', cfg.num_kv_heads)
+    v = project('v_DxKxH', cfg.num_kv_heads)
     if cfg.qkv_bias:
       q = q + self.q_bias_NxH[...].astype(dt)[None, None]
       k = k + self.k_bias_KxH[...].astype(dt)[None, None]
@@ -177,7 +196,7 @@ class Attention(nnx.Module):
     v = v.transpose(0, 2, 1, 3)
     if layer_cache is not None:
       k, v, layer_cache = layer_cache.update(k, v)
-    b, t, n, h = q.shape
+    n, h = cfg.num_heads, cfg.head_dim
     kv_heads = k.shape[1]
     q_BxTxKxGxH = q.reshape(b, t, kv_heads, n // kv_heads, h) * (h ** -0.5)
     logits = jnp.einsum('BTKGH,BKSH->BKGTS', q_BxTxKxGxH, k.astype(dt),
@@ -188,7 +207,7 @@ class Attention(nnx.Module):
     # Heads flattened on both sides ([N*H, D] is a free reshape of o): 'BTNH,NHD' made XLA
     # transpose the whole o weight every decode step instead of the small activation.
     out_BxTxE = out_BxKxGxTxH.transpose(0, 3, 1, 2, 4).reshape(b, t, n * h)
-    out = jnp.einsum('BTE,ED->BTD', out_BxTxE, self.o_NxHxD[...].astype(dt).reshape(n * h, -1))
+    out = dense(out_BxTxE, self.o_NxHxD[...].astype(dt).reshape(n * h, -1), w.get('o_NxHxD'))
     return out, layer_cache
 
 
@@ -205,10 +224,11 @@ class MLP(nnx.Module):
         jax.nn.gelu, approximate=True)
     self.dt = cfg.jnp_dtype
 
-  def __call__(self, x_BxTxD):
-    gate = x_BxTxD @ self.gate_DxF[...].astype(self.dt)
-    up = x_BxTxD @ self.up_DxF[...].astype(self.dt)
-    return (self.act(gate) * up) @ self.down_FxD[...].astype(self.dt)
+  def __call__(self, x_BxTxD, out_major=None):
+    w = out_major or {}
+    gate = dense(x_BxTxD, self.gate_DxF[...].astype(self.dt), w.get('gate_DxF'))
+    up = dense(x_BxTxD, self.up_DxF[...].astype(self.dt), w.get('up_DxF'))
+    return dense(self.act(gate) * up, self.down_FxD[...].astype(self.dt), w.get('down_FxD'))
 
 
 class Block(nnx.Module):
@@ -220,10 +240,12 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg.d_model, cfg, rngs)
     self.mlp = MLP(cfg, rngs)
 
-  def __call__(self, x, positions, mask, layer_cache=None):
-    attn_out, layer_cache = self.attn(self.attn_norm(x), positions, mask, layer_cache)
+  def __call__(self, x, positions, mask, layer_cache=None, out_major=None):
+    w = out_major or {}
+    attn_out, layer_cache = self.attn(self.attn_norm(x), positions, mask, layer_cache,
+                                      w.get('attn'))
     x = x + attn_out
-    return x + self.mlp(self.mlp_norm(x)), layer_cache
+    return x + self.mlp(self.mlp_norm(x), w.get('mlp')), layer_cache
 
 
 class Transformer(nnx.Module):
@@ -239,12 +261,13 @@ class Transformer(nnx.Module):
                                 (cfg.d_model, cfg.vocab_size), ('embed', 'vocab'), pdt)
     self.cfg = cfg
 
-  def hidden(self, tokens_BxT, positions_BxT, mask_BxTxS, cache=None):
+  def hidden(self, tokens_BxT, positions_BxT, mask_BxTxS, cache=None, out_major=None):
     """Final-normed hidden states [B, T, D] and each layer's updated cache (None without one):
     the backbone that heads (the LM's unembedding, a reward model's scalar head) sit on.
 
     cache: None, a `KVCache`, or any cache whose `layer(i)` gives layer i's `update`-able
     cache (sampling/paged.py's pages).
+    out_major: None, or `output_major(cfg, params)`: the blocks' matmuls then run output-major.
     """
     cfg, dt = self.cfg, self.cfg.jnp_dtype
     x = jnp.take(self.embed_VxD[...], tokens_BxT, axis=0).astype(dt)
@@ -253,17 +276,18 @@ class Transformer(nnx.Module):
     new_layers = []
     for i, block in enumerate(self.blocks):
       layer_cache = None if cache is None else cache.layer(i)
+      args = (x, positions_BxT, mask_BxTxS, layer_cache,
+              None if out_major is None else out_major['blocks'][i])
       if cfg.remat:
-        x, layer_cache = nnx.remat(lambda blk, *a: blk(*a))(block, x, positions_BxT, mask_BxTxS,
-                                                            layer_cache)
+        x, layer_cache = nnx.remat(lambda blk, *a: blk(*a))(block, *args)
       else:
-        x, layer_cache = block(x, positions_BxT, mask_BxTxS, layer_cache)
+        x, layer_cache = block(*args)
       new_layers.append(layer_cache)
     return self.final_norm(x), new_layers
 
-  def __call__(self, tokens_BxT, positions_BxT, mask_BxTxS, cache=None):
+  def __call__(self, tokens_BxT, positions_BxT, mask_BxTxS, cache=None, out_major=None):
     cfg, dt = self.cfg, self.cfg.jnp_dtype
-    x, new_layers = self.hidden(tokens_BxT, positions_BxT, mask_BxTxS, cache)
+    x, new_layers = self.hidden(tokens_BxT, positions_BxT, mask_BxTxS, cache, out_major)
     if cfg.tie_embeddings:
       logits = jnp.einsum('BTD,VD->BTV', x, self.embed_VxD[...].astype(dt),
                           preferred_element_type=jnp.float32)
@@ -357,6 +381,23 @@ def logical_axes(cfg: TransformerConfig, module_cls=Transformer) -> dict:
                       is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
 
 
+def output_major(cfg: TransformerConfig, params) -> dict:
+  """The blocks' matmul weights as [out, in] in the compute dtype, for `dense`'s output-major
+  decode: `{'blocks': {i: {'attn': {...}, 'mlp': {...}}}}`, keyed like params. A second copy of
+  those weights, made once per sampling call outside its decode loop."""
+  dt = cfg.jnp_dtype
+  def out_in(w, in_dims):  # [in..., out...] -> [prod(out), prod(in)]
+    return w.astype(dt).reshape(math.prod(w.shape[:in_dims]), -1).T
+  blocks = {}
+  for i, block in params['blocks'].items():
+    attn, mlp = block['attn'], block['mlp']
+    blocks[i] = dict(
+        attn={name: out_in(attn[name], 1) for name in ('q_DxNxH', 'k_DxKxH', 'v_DxKxH')}
+        | {'o_NxHxD': out_in(attn['o_NxHxD'], 2)},
+        mlp={name: out_in(mlp[name], 1) for name in ('gate_DxF', 'up_DxF', 'down_FxD')})
+  return {'blocks': blocks}
+
+
 def causal_segment_mask(segment_ids_BxT):
   """Query t sees key s iff s <= t and both lie in the same (non-padding, id > 0) segment."""
   t = segment_ids_BxT.shape[1]
@@ -382,11 +423,12 @@ def forward(model: Model, params, tokens_BxT, segment_ids_BxT=None, positions_Bx
 
 
 def forward_with_cache(model: Model, params, tokens_BxT, positions_BxT, input_mask_BxT,
-                       cache: KVCache):
+                       cache: KVCache, out_major=None):
   """Cache-aware forward: prefill (T > 1) or decode (T = 1). Returns (logits, new cache).
 
   The T new tokens are written to cache slots [index, index + T). input_mask marks which of them
   are real (False for left padding). Query t attends to valid slots s <= index + t.
+  out_major: None, or `output_major(model.cfg, params)` (same math; faster decode on CPU).
   """
   t = tokens_BxT.shape[1]
   slots_T = cache.index + jnp.arange(t)
@@ -394,7 +436,7 @@ def forward_with_cache(model: Model, params, tokens_BxT, positions_BxT, input_ma
   causal_TxS = jnp.arange(cache.max_len)[None, :] <= slots_T[:, None]
   mask_BxTxS = valid[:, None, :] & causal_TxS[None]
   module = nnx.merge(model.graphdef, params)
-  logits, layers = module(tokens_BxT, positions_BxT, mask_BxTxS, cache)
+  logits, layers = module(tokens_BxT, positions_BxT, mask_BxTxS, cache, out_major)
   new_cache = KVCache(k=[x.k for x in layers], v=[x.v for x in layers], valid_BxS=valid,
                       index=cache.index + t)
   return logits, new_cache

@@ -129,10 +129,12 @@ def _prefill(model: models.Model, params, tokens_BxP, mask_BxP, cache_len: int, 
 
 def _decode(model: models.Model, strategy: Strategy, n: int, max_new: int, eos_id: int,
             stop_seqs: tuple[tuple[int, ...], ...], params, last_logits_BxV, next_pos_B,
-            active_B, cache: models.KVCache, seeds_B, limit):
+            active_B, cache: models.KVCache, seeds_B, limit, *, output_major: bool):
   """Decodes up to `limit` (<= max_new, the buffer size) tokens for n copies of each prompt.
 
   Rows draw from `row_keys_of` keys: a prompt samples the same whatever else is in the batch.
+  output_major: run the decode matmuls output-major (`models.output_major`, made once here,
+  outside the loop).
   """
   repeat = lambda x: jnp.repeat(x, n, axis=0)
   row_keys = row_keys_of(repeat(seeds_B), jnp.tile(jnp.arange(n), seeds_B.shape[0]))
@@ -140,6 +142,7 @@ def _decode(model: models.Model, strategy: Strategy, n: int, max_new: int, eos_i
     cache = cache.replace(k=[repeat(k) for k in cache.k], v=[repeat(v) for v in cache.v],
                           valid_BxS=repeat(cache.valid_BxS))
   rows = last_logits_BxV.shape[0] * n
+  out_major = models.output_major(model.cfg, params) if output_major else None
   pick = StepPicker(strategy, eos_id, stop_seqs)
   state = _DecodeState(
       cache=cache, logits_RxV=repeat(last_logits_BxV), position_R=repeat(next_pos_B),
@@ -161,7 +164,8 @@ def _decode(model: models.Model, strategy: Strategy, n: int, max_new: int, eos_i
         logprobs=out.logprobs.at[:, s.step].set(model_logp),
         sampling_logprobs=out.sampling_logprobs.at[:, s.step].set(sampling_logp))
     logits, cache = models.forward_with_cache(model, params, token[:, None],
-                                              s.position_R[:, None], live[:, None], s.cache)
+                                              s.position_R[:, None], live[:, None], s.cache,
+                                              out_major)
     return _DecodeState(cache=cache, logits_RxV=logits[:, -1], position_R=s.position_R + 1,
                         recent_RxW=recent, out=out, done_R=s.done_R | (reason == 1) | (reason == 2),
                         step=s.step + 1)
@@ -198,17 +202,24 @@ class Sampler:
   rules: logical -> mesh rules for the weights while sampling. The default
   `sharding.SAMPLING_RULES` keeps weights tensor-parallel only (no FSDP all-gather per token);
   pass `sharding.RULES` to sample straight from FSDP-sharded training params.
+  output_major: decode with the blocks' weights copied output-major (`models.dense`): 1.5-1.7x
+  faster decode steps at B = 4-16 on CPU, for a second copy of those weights while sampling.
+  Default (None): on when JAX's default backend is the CPU.
   """
   model: models.Model
   mesh: Mesh | None = None
   rules: dict | None = None
+  output_major: bool | None = None
 
   def __post_init__(self):
     self.rules = sharding.SAMPLING_RULES if self.rules is None else self.rules
+    if self.output_major is None:
+      self.output_major = jax.default_backend() == 'cpu'
+    decode = functools.partial(_decode, output_major=self.output_major)
     self._prefill = jax.jit(functools.partial(_prefill, cache_sharding=self._cache_sharding()),
                             static_argnums=(0, 4))
     # The prefill cache is donated to decode when decode can reuse it in place (n == 1).
-    self._decode = {donate: jax.jit(_decode, static_argnums=(0, 1, 2, 3, 4, 5),
+    self._decode = {donate: jax.jit(decode, static_argnums=(0, 1, 2, 3, 4, 5),
                                     donate_argnums=(10,) if donate else ())
                     for donate in (True, False)}
     self._param_shardings = None

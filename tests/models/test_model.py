@@ -12,8 +12,9 @@ forward = jax.jit(models.forward, static_argnums=0)
 forward_with_cache = jax.jit(models.forward_with_cache, static_argnums=0)
 
 
-def _incremental_logits(model, params, tokens, prefill_len):
-  """Prefill `prefill_len` tokens into a cache, then decode the rest one token at a time."""
+def _incremental_logits(model, params, tokens, prefill_len, out_major=None):
+  """Prefill `prefill_len` tokens into a cache, then decode the rest one token at a time
+  (output-major matmuls when `out_major` is given)."""
   b, t = tokens.shape
   cache = models.init_cache(model.cfg, b, t + 3)
   pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -23,7 +24,7 @@ def _incremental_logits(model, params, tokens, prefill_len):
   out = [logits]
   for i in range(prefill_len, t):
     logits, cache = forward_with_cache(model, params, tokens[:, i:i + 1], pos[:, i:i + 1],
-                                              ones[:, i:i + 1], cache)
+                                       ones[:, i:i + 1], cache, out_major)
     out.append(logits)
   return jnp.concatenate(out, axis=1)
 
@@ -34,14 +35,21 @@ def _incremental_logits(model, params, tokens, prefill_len):
     dict(num_kv_heads=1, qk_norm=True),  # MQA + QK-norm (Qwen3-like)
     dict(activation='geglu', norm_scale_plus_one=True, tie_embeddings=True, embed_scale=True,
          logit_softcap=30.0, num_kv_heads=4),  # Gemma-like
+    dict(qkv_bias=True),  # Qwen2-like
 ])
 def test_kv_cache_matches_full_forward(overrides):
+  """Decoding token by token gives the full forward's logits, with the decode matmuls in
+  either layout (`models.output_major`, what the sampler uses on CPU)."""
   cfg = tiny_model_config(**overrides)
   model, params = models.build(cfg, jax.random.PRNGKey(0))
+  if cfg.qkv_bias:  # Zero-initialised: make them matter.
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, x: x + 0.1 if 'bias' in jax.tree_util.keystr(path) else x, params)
   tokens = jax.random.randint(jax.random.PRNGKey(1), (3, 11), 0, cfg.vocab_size)
   full = forward(model, params, tokens)
-  incremental = _incremental_logits(model, params, tokens, prefill_len=4)
-  np.testing.assert_allclose(incremental, full, atol=2e-5, rtol=1e-5)
+  for out_major in (None, models.output_major(cfg, params)):
+    incremental = _incremental_logits(model, params, tokens, 4, out_major)
+    np.testing.assert_allclose(incremental, full, atol=2e-5, rtol=1e-5)
 
 
 def test_right_padded_batch_equals_each_alone(tiny_cfg):

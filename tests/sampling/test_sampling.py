@@ -45,12 +45,28 @@ def test_greedy_with_cache_equals_full_recompute(model_and_params, sampler):
   assert (out.lengths == 12).all()
 
 
-def test_decode_step_reads_cache_and_weights_in_place(model_and_params, sampler):
+def _loop_body_text(hlo: str) -> str:
+  """The HLO text of what the module's while loop runs each step: its body computation and
+  every computation the body calls, transitively."""
+  computations = dict(re.findall(r'^(?:ENTRY )?%(\S+) .*? \{\n(.*?)^\}', hlo, re.M | re.S))
+  todo, seen = re.findall(r'while\(.*?body=%([^,\s]+)', hlo), set()
+  while todo:
+    name = todo.pop()
+    if name not in seen:
+      seen.add(name)
+      todo += re.findall(r'(?:calls|to_apply|body|condition)=%([^,\s}]+)', computations[name])
+  return '\n'.join(computations[name] for name in seen)
+
+
+@pytest.mark.parametrize('output_major', [False, True])
+def test_decode_step_reads_cache_and_weights_in_place(model_and_params, output_major):
   """No decode step copies a cache-sized or weight-sized array: such a copy, every token, costs
   as much memory traffic as the step's own math. (A [B, S, K, H] cache was transposed in full
-  and the o projection re-laid out every step.) B = 2: at B = 1 XLA still copies the cache
-  (the unit batch dim is bitcast away), a known, measured leftover."""
+  and the o projection re-laid out every step.) The output-major weights are made once per
+  call, before the loop. B = 2: at B = 1 XLA still copies the cache (the unit batch dim is
+  bitcast away), a known, measured leftover."""
   model, params = model_and_params
+  sampler = sampling.Sampler(model, output_major=output_major)
   b, prompt_len, max_new = 2, 8, 8
   tokens, mask = layout.left_pad([[2, 3]] * b, prompt_len)
   last, pos, cache = sampler._prefill(model, params, jnp.asarray(tokens), jnp.asarray(mask),
@@ -58,11 +74,16 @@ def test_decode_step_reads_cache_and_weights_in_place(model_and_params, sampler)
   hlo = sampler._decode[True].lower(
       model, strategies.Greedy(), 1, max_new, -1, (), params, last, pos, jnp.ones(b, bool), cache,
       jnp.arange(b, dtype=jnp.int32), jnp.int32(max_new)).compile().as_text()
-  copies = collections.Counter(re.findall(r'= f32\[([\d,]+)\]\S* copy\(', hlo))
+  body = _loop_body_text(hlo)
+  assert len(body) > len(hlo) / 4, 'the loop body was not found: fix _loop_body_text'
+  copies = collections.Counter(re.findall(r'= f32\[([\d,]+)\]\S* (?:copy|transpose)\(', body))
   size = lambda dims: int(np.prod([int(d) for d in dims.split(',')]))
   smallest = min([cache.k[0].size] + [x.size for x in jax.tree.leaves(params) if x.ndim >= 2])
   assert copies, 'no copies at all: the HLO pattern no longer matches, fix the test'
   assert not {d: c for d, c in copies.items() if size(d) >= smallest}, copies
+  outside = collections.Counter(re.findall(r'= f32\[([\d,]+)\]\S* (?:copy|transpose)\(', hlo))
+  if output_major:  # The transposed weights are there, made before the loop.
+    assert sum(c for d, c in outside.items() if size(d) >= smallest) >= model.cfg.num_layers * 7
 
 
 @pytest.mark.parametrize('strategy', [strategies.Greedy(), strategies.Temperature(1.0)])
