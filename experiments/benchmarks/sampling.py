@@ -1,12 +1,16 @@
 """SAMPLE benchmark (shared/BENCHMARKS.md): REF-25M, 32 prompt tokens, exactly 64 new, greedy.
 
   python -m experiments.benchmarks.sampling [--batch_sizes=1,16,64] [--repeats=3] [--nono_cache]
+      [--nooutput_major]
 
 For each batch size: prefill time, decode tokens/s (B * 64 / total time), time per decode step,
 process peak RSS, and the roofline bounds on this machine, measured here (matmul peak) or taken
 from STACK-NOTES (memory bandwidth): decode step >= max((param + KV bytes) / bandwidth,
-2 * params * B / peak); prefill >= 2 * params * B * 32 / peak. The baseline decodes without a KV
-cache: every step recomputes the full forward over a fixed 96-token buffer.
+2 * params * B / peak); prefill >= 2 * params * B * 32 / peak. The matmul peak is measured
+before and after each batch size (the higher one is kept): this machine's speed drifts by tens
+of percent within minutes, and a peak read once at the start made the % column drift with it.
+The baseline decodes without a KV cache: every step recomputes the full forward over a fixed
+96-token buffer.
 """
 
 import resource
@@ -26,6 +30,8 @@ _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '16', '64'], 'Batch sizes.
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed runs per batch size (median reported).')
 _BANDWIDTH = flags.DEFINE_float('bandwidth_gbs', 35.0, 'Memory bandwidth, GB/s (STACK-NOTES).')
 _NO_CACHE = flags.DEFINE_bool('no_cache', True, 'Also time the no-cache baseline (minutes at B=64).')
+_OUTPUT_MAJOR = flags.DEFINE_bool('output_major', True,
+                                  'Sampler(output_major=...): False times the batch-major decode.')
 PROMPT, NEW = 32, 64
 
 
@@ -43,15 +49,15 @@ def main(_):
   cfg = models.TransformerConfig.from_config_dict(base.get_config().model)
   model, params = models.build(cfg, jax.random.PRNGKey(0))
   n_params = models.param_count(params)
-  peak = matmul_peak_flops()
-  sampler = sampling.Sampler(model)
+  sampler = sampling.Sampler(model, output_major=_OUTPUT_MAJOR.value)
   no_cache_step = jax.jit(lambda p, t: jnp.argmax(models.forward(model, p, t)[:, -1], -1))
-  print(f'REF-25M: {n_params:,} params; matmul peak {peak / 1e9:.0f} GFLOP/s; '
-        f'bandwidth {_BANDWIDTH.value:.0f} GB/s; devices {jax.devices()[0].platform}')
-  print('| B | prefill | bound | decode tok/s | bound tok/s | % of bound | ms/step | '
+  print(f'REF-25M: {n_params:,} params; bandwidth {_BANDWIDTH.value:.0f} GB/s; '
+        f'devices {jax.devices()[0].platform}; output_major={sampler.output_major}')
+  print('| B | matmul peak | prefill | bound | decode tok/s | bound tok/s | % of bound | ms/step | '
         'no-cache tok/s | peak RSS |')
-  print('| --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+  print('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
   for b in map(int, _BATCH_SIZES.value):
+    peak_before = matmul_peak_flops()
     rng = np.random.default_rng(b)
     prompts = rng.integers(4, cfg.vocab_size, (b, PROMPT)).tolist()
     tokens, mask = layout.left_pad(prompts, PROMPT)
@@ -62,6 +68,7 @@ def main(_):
     total = _timed(lambda: sampler.sample(params, prompts, max_new_tokens=NEW, eos_id=-1),
                    _REPEATS.value)
     step_time = (total - prefill_time) / NEW
+    peak = max(peak_before, matmul_peak_flops())
     kv_bytes = 2 * cfg.num_layers * b * (PROMPT + NEW) * cfg.num_kv_heads * cfg.head_dim * 4
     step_bound = max((n_params * 4 + kv_bytes) / (_BANDWIDTH.value * 1e9),
                      2 * n_params * b / peak)
@@ -77,7 +84,7 @@ def main(_):
         jax.block_until_ready(t)
       no_cache_tps = b * NEW / _timed(no_cache, 1)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f'| {b} | {prefill_time * 1e3:.1f} ms | {prefill_bound * 1e3:.1f} ms | '
+    print(f'| {b} | {peak / 1e9:.0f} GFLOP/s | {prefill_time * 1e3:.1f} ms | {prefill_bound * 1e3:.1f} ms | '
           f'{b * NEW / total:,.0f} | {bound_tps:,.0f} | {b * NEW / total / bound_tps:.0%} | '
           f'{step_time * 1e3:.2f} | {no_cache_tps:,.0f} | {rss:.2f} GiB |')
 

@@ -89,14 +89,15 @@ def init_pool(cfg: models.TransformerConfig, num_pages: int, page_size: int) -> 
 
 
 def forward_paged(model: models.Model, params, pool: Pool, tokens_BxT, positions_BxT, mask_BxTxS,
-                  write_page_BxT, write_offset_BxT, table_BxM):
+                  write_page_BxT, write_offset_BxT, table_BxM, out_major=None):
   """The model's forward over paged keys/values: (logits [B, T, V], updated pool).
 
   mask_BxTxS indexes the gathered view: S = M * page_size, slot s of row b is slot s % page_size
-  of page table_BxM[b, s // page_size].
+  of page table_BxM[b, s // page_size]. out_major: as in `models.forward_with_cache`.
   """
   call = _Call(pool, write_page_BxT, write_offset_BxT, table_BxM)
-  logits, layers = nnx.merge(model.graphdef, params)(tokens_BxT, positions_BxT, mask_BxTxS, call)
+  logits, layers = nnx.merge(model.graphdef, params)(tokens_BxT, positions_BxT, mask_BxTxS, call,
+                                                     out_major)
   return logits, Pool(k=[x.k_pages for x in layers], v=[x.v_pages for x in layers])
 
 
@@ -147,8 +148,10 @@ class _Admit:
 
 
 def _chunk(model: models.Model, pick: StepPicker, page_size: int, prompt_pages: int, params,
-           slots: _Slots, admit: _Admit, prompt_logits_BxV, limit, chunk):
-  """Refills the admitted slots, then decodes until `chunk` steps ran or every slot is done."""
+           slots: _Slots, admit: _Admit, prompt_logits_BxV, limit, chunk, out_major):
+  """Refills the admitted slots, then decodes until `chunk` steps ran or every slot is done.
+
+  out_major: None or `models.output_major(model.cfg, params)`, made once per `sample` call."""
   where = lambda new, old: jnp.where(admit.mask_S.reshape((-1,) + (1,) * (old.ndim - 1)), new, old)
   slots = slots.replace(
       table_SxM=where(admit.table_SxM, slots.table_SxM),
@@ -178,7 +181,8 @@ def _chunk(model: models.Model, pick: StepPicker, page_size: int, prompt_pages: 
                          s_S[None] - prompt_pages * page_size <= col[:, None])
     logits, pool = forward_paged(
         model, params, s.pool, token[:, None], (s.prompt_len_S + col)[:, None], mask_SxS[:, None],
-        jnp.where(live, own_page, 0)[:, None], (col % page_size)[:, None], s.table_SxM)
+        jnp.where(live, own_page, 0)[:, None], (col % page_size)[:, None], s.table_SxM,
+        out_major)
     return i + 1, s.replace(pool=pool, gen_len_S=col + live, logits_SxV=logits[:, -1],
                             recent_SxW=recent, done_S=s.done_S | (reason > 0), out=out,
                             steps=s.steps + 1)
@@ -275,12 +279,14 @@ class PagedSampler:
   slots: rows decoded at once. page_size: tokens per page. num_pages: the pool, per layer
   (default: enough for every slot's longest row plus one prompt per slot). chunk: decode steps
   between host scheduling rounds (more: fewer round trips; fewer: ended rows wait less).
+  output_major: as `Sampler.output_major` (default: on when JAX's default backend is the CPU).
   """
   model: models.Model
   slots: int = 32
   page_size: int = 16
   num_pages: int | None = None
   chunk: int = 8
+  output_major: bool | None = None
   stats: PagedStats | None = dataclasses.field(default=None, init=False)
 
   def __post_init__(self):
@@ -289,6 +295,9 @@ class PagedSampler:
         raise ValueError(f'PagedSampler: {name}={getattr(self, name)} must be >= 1')
     self._prefill = jax.jit(_prefill, static_argnums=(0, 1), donate_argnums=(3, 4))
     self._chunk = jax.jit(_chunk, static_argnums=(0, 1, 2, 3), donate_argnums=(5,))
+    self._output_major = jax.jit(models.output_major, static_argnums=0)
+    if self.output_major is None:
+      self.output_major = jax.default_backend() == 'cpu'
 
   def sample(self, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              strategy: Strategy = Greedy(), n: int = 1, seed: int = 0, eos_id: int = 3,
@@ -325,6 +334,7 @@ class PagedSampler:
     scheduler = _Scheduler(prompts, n, seed, num_pages, self.slots, ps, prompt_pages, own_pages,
                            width)
     prefilled = prompt_pages_written = chunks = 0
+    out_major = self._output_major(cfg, params) if self.output_major and self.slots > 1 else None
     while True:
       new_prompts = scheduler.fill()
       if new_prompts:
@@ -337,7 +347,8 @@ class PagedSampler:
       if not scheduler.busy.any():
         break
       slots = self._chunk(self.model, pick, ps, prompt_pages, params, slots, scheduler.admit,
-                          prompt_logits, jnp.int32(max_new_tokens), jnp.int32(self.chunk))
+                          prompt_logits, jnp.int32(max_new_tokens), jnp.int32(self.chunk),
+                          out_major)
       scheduler.release(np.asarray(slots.done_S))  # The one device -> host sync per chunk.
       chunks += 1
     out = jax.device_get(slots.out)

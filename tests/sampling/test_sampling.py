@@ -66,14 +66,15 @@ def test_decode_step_reads_cache_and_weights_in_place(model_and_params, output_m
   call, before the loop. B = 2: at B = 1 XLA still copies the cache (the unit batch dim is
   bitcast away), a known, measured leftover."""
   model, params = model_and_params
-  sampler = sampling.Sampler(model, output_major=output_major)
+  sampler = sampling.Sampler(model)
   b, prompt_len, max_new = 2, 8, 8
   tokens, mask = layout.left_pad([[2, 3]] * b, prompt_len)
   last, pos, cache = sampler._prefill(model, params, jnp.asarray(tokens), jnp.asarray(mask),
                                       prompt_len + max_new)
   hlo = sampler._decode[True].lower(
       model, strategies.Greedy(), 1, max_new, -1, (), params, last, pos, jnp.ones(b, bool), cache,
-      jnp.arange(b, dtype=jnp.int32), jnp.int32(max_new)).compile().as_text()
+      jnp.arange(b, dtype=jnp.int32), jnp.int32(max_new),
+      output_major=output_major).compile().as_text()
   body = _loop_body_text(hlo)
   assert len(body) > len(hlo) / 4, 'the loop body was not found: fix _loop_body_text'
   copies = collections.Counter(re.findall(r'= f32\[([\d,]+)\]\S* (?:copy|transpose)\(', body))
