@@ -30,8 +30,8 @@ _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '16', '64'], 'Batch sizes.
 _REPEATS = flags.DEFINE_integer('repeats', 3, 'Timed runs per batch size (median reported).')
 _BANDWIDTH = flags.DEFINE_float('bandwidth_gbs', 35.0, 'Memory bandwidth, GB/s (STACK-NOTES).')
 _NO_CACHE = flags.DEFINE_bool('no_cache', True, 'Also time the no-cache baseline (minutes at B=64).')
-_OUTPUT_MAJOR = flags.DEFINE_bool('output_major', True,
-                                  'Sampler(output_major=...): False times the batch-major decode.')
+_OUTPUT_MAJOR = flags.DEFINE_bool('output_major', None,
+                                  'Sampler(output_major=...); unset: the sampler\'s default.')
 PROMPT, NEW = 32, 64
 
 

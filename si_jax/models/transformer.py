@@ -132,17 +132,19 @@ def apply_rope(x_BxTxNxH, positions_BxT, theta: float):
   return out.astype(x_BxTxNxH.dtype)
 
 
-def dense(x_BxTxI, w_IxO, w_OxI=None):
-  """x @ w over the last axis of x. With `w_OxI`, the same weight stored output-major (see
-  `output_major`), it computes (w_OxI @ x^T)^T instead: the same math, laid out for skinny
-  decode matmuls. On CPU, Eigen multiplies a [B, I] activation by an [I, O] weight at ~36
-  GFLOP/s for B = 16 and the output-major way at ~72 (experiments/benchmarks/README.md). The
-  barrier keeps XLA from folding the transposes back into the slow form."""
+def dense(x_BxTxI, w_Ix___, w_OxI=None):
+  """x @ w: contracts x's last axis with w's first ([B, T, I] x [I, ...] -> [B, T, ...]).
+
+  With `w_OxI`, the same weight flattened and stored output-major (see `output_major`), it
+  computes (w_OxI @ x^T)^T instead: the same math, laid out for skinny decode matmuls. On CPU,
+  Eigen multiplies a [16, I] activation by an [I, O] weight at ~36 GFLOP/s and the output-major
+  way at ~72 (experiments/benchmarks/README.md). The barrier keeps XLA from folding the
+  transposes back into the slow form."""
   if w_OxI is None:
-    return jnp.einsum('BTI,IO->BTO', x_BxTxI, w_IxO)
+    return jnp.tensordot(x_BxTxI, w_Ix___, axes=1)
   b, t, i = x_BxTxI.shape
   y_OxR = jnp.einsum('OI,RI->OR', w_OxI, x_BxTxI.reshape(b * t, i))
-  return jax.lax.optimization_barrier(y_OxR).T.reshape(b, t, -1)
+  return jax.lax.optimization_barrier(y_OxR).T.reshape((b, t) + w_Ix___.shape[1:])
 
 
 class Attention(nnx.Module):
@@ -174,13 +176,9 @@ class Attention(nnx.Module):
     out_major: this layer's output-major weights (see `dense`), or None.
     """
     cfg, dt = self.cfg, self.cfg.jnp_dtype
-    b, t, d = x_BxTxD.shape
     w = out_major or {}
-    project = lambda name, heads: dense(x_BxTxD, getattr(self, name)[...].astype(dt).reshape(
-        d, -1), w.get(name)).reshape(b, t, heads, cfg.head_dim)
-    q = project('q_DxNxH', cfg.num_heads)
-    k = project('k_DxKxH', cfg.num_kv_heads)
-    v = project('v_DxKxH', cfg.num_kv_heads)
+    q, k, v = (dense(x_BxTxD, getattr(self, name)[...].astype(dt), w.get(name))
+               for name in ('q_DxNxH', 'k_DxKxH', 'v_DxKxH'))
     if cfg.qkv_bias:
       q = q + self.q_bias_NxH[...].astype(dt)[None, None]
       k = k + self.k_bias_KxH[...].astype(dt)[None, None]
@@ -196,7 +194,7 @@ class Attention(nnx.Module):
     v = v.transpose(0, 2, 1, 3)
     if layer_cache is not None:
       k, v, layer_cache = layer_cache.update(k, v)
-    n, h = cfg.num_heads, cfg.head_dim
+    b, t, n, h = q.shape
     kv_heads = k.shape[1]
     q_BxTxKxGxH = q.reshape(b, t, kv_heads, n // kv_heads, h) * (h ** -0.5)
     logits = jnp.einsum('BTKGH,BKSH->BKGTS', q_BxTxKxGxH, k.astype(dt),

@@ -33,7 +33,7 @@ from flax import nnx
 from si_jax import models
 from si_jax.layout import bucket, right_pad
 from si_jax.sampling.sampler import (SampleOutput, StepPicker, check_request, empty_output,
-                                     row_keys_of)
+                                     decode_output_major, row_keys_of)
 from si_jax.sampling.strategies import Greedy, Strategy
 
 
@@ -279,7 +279,7 @@ class PagedSampler:
   slots: rows decoded at once. page_size: tokens per page. num_pages: the pool, per layer
   (default: enough for every slot's longest row plus one prompt per slot). chunk: decode steps
   between host scheduling rounds (more: fewer round trips; fewer: ended rows wait less).
-  output_major: as `Sampler.output_major` (default: on when JAX's default backend is the CPU).
+  output_major: as `Sampler.output_major`, for `slots` rows.
   """
   model: models.Model
   slots: int = 32
@@ -296,8 +296,6 @@ class PagedSampler:
     self._prefill = jax.jit(_prefill, static_argnums=(0, 1), donate_argnums=(3, 4))
     self._chunk = jax.jit(_chunk, static_argnums=(0, 1, 2, 3), donate_argnums=(5,))
     self._output_major = jax.jit(models.output_major, static_argnums=0)
-    if self.output_major is None:
-      self.output_major = jax.default_backend() == 'cpu'
 
   def sample(self, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              strategy: Strategy = Greedy(), n: int = 1, seed: int = 0, eos_id: int = 3,
@@ -334,7 +332,8 @@ class PagedSampler:
     scheduler = _Scheduler(prompts, n, seed, num_pages, self.slots, ps, prompt_pages, own_pages,
                            width)
     prefilled = prompt_pages_written = chunks = 0
-    out_major = self._output_major(cfg, params) if self.output_major and self.slots > 1 else None
+    out_major = (self._output_major(cfg, params)
+                 if decode_output_major(self.output_major, cfg, self.slots) else None)
     while True:
       new_prompts = scheduler.fill()
       if new_prompts:

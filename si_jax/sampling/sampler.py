@@ -174,6 +174,18 @@ def _decode(model: models.Model, strategy: Strategy, n: int, max_new: int, eos_i
   return final.out, final.cache  # Returning the cache lets a donated input alias it in place.
 
 
+def decode_output_major(setting: bool | None, cfg: models.TransformerConfig, rows: int) -> bool:
+  """Whether a decode of `rows` rows runs output-major (`models.output_major`).
+
+  setting True / False: always / never. None: where it measured faster, on the CPU only: 2 to
+  32 rows of a model with d_model >= 128 (1.2-1.6x). One row, 64 or more rows and a d = 64
+  model gained nothing (within +-4%); experiments/benchmarks/README.md has the numbers.
+  """
+  if setting is not None:
+    return setting
+  return jax.default_backend() == 'cpu' and 1 < rows < 64 and cfg.d_model >= 128
+
+
 def check_request(vocab: int, prompts, max_new_tokens: int, n: int,
                   max_cache_len: int | None = None):
   """Fails on a request no sampler can serve, naming the argument."""
@@ -202,10 +214,10 @@ class Sampler:
   rules: logical -> mesh rules for the weights while sampling. The default
   `sharding.SAMPLING_RULES` keeps weights tensor-parallel only (no FSDP all-gather per token);
   pass `sharding.RULES` to sample straight from FSDP-sharded training params.
-  output_major: decode more than one row with the blocks' weights copied output-major
-  (`models.dense`): 1.4-1.6x faster decoding at B = 4-16 on CPU, for a second copy of those
-  weights while sampling (one row gains nothing). Default (None): on when JAX's default backend
-  is the CPU.
+  output_major: decode with the blocks' weights copied output-major (`models.dense`): 1.4-1.6x
+  faster decoding of REF-25M at B = 4-16 on CPU, for a second copy of those weights while
+  sampling. True / False: always / never; None (default): where it pays, see
+  `decode_output_major`.
   """
   model: models.Model
   mesh: Mesh | None = None
@@ -214,8 +226,6 @@ class Sampler:
 
   def __post_init__(self):
     self.rules = sharding.SAMPLING_RULES if self.rules is None else self.rules
-    if self.output_major is None:
-      self.output_major = jax.default_backend() == 'cpu'
     self._prefill = jax.jit(functools.partial(_prefill, cache_sharding=self._cache_sharding()),
                             static_argnums=(0, 4))
     # The prefill cache is donated to decode when decode can reuse it in place (n == 1).
@@ -285,7 +295,8 @@ class Sampler:
     decode = self._decode[n == 1]
     out, _ = decode(self.model, strategy, n, max_new, eos_id, stops, params, last_logits, next_pos,
                  active, cache, self._put_batch(seed + np.arange(padded_b, dtype=np.int32)),
-                 jnp.int32(max_new_tokens), output_major=self.output_major and padded_b * n > 1)
+                 jnp.int32(max_new_tokens),
+                 output_major=decode_output_major(self.output_major, self.model.cfg, padded_b * n))
     trim = lambda x: x[:b * n, :max_new_tokens] if x.ndim == 2 else x[:b * n]
     return jax.tree.map(trim, jax.device_get(out))
 

@@ -50,15 +50,17 @@ def test_greedy_equals_static_sampler(model_and_params, static, pager):
 
 def test_sampling_with_stops_equals_static_sampler_at_any_chunk(model_and_params, static, pager):
   """Same per-row keys, so temperature samples agree too; eos and a stop sequence both end rows.
-  The chunk (steps between refills) changes when slots refill, never what a row samples."""
+  The chunk (steps between refills) changes when slots refill, never what a row samples; nor
+  does decoding output-major."""
   params = model_and_params[1]
   kwargs = dict(max_new_tokens=MAX_NEW, n=N, eos_id=7, seed=4, stop_sequences=[[5, 6]],
                 strategy=strategies.Temperature(1.0))
   ref = static.sample(params, PROMPTS, **kwargs)
   assert {1, 3} <= set(ref.finish_reason.tolist())
-  for chunk in (1, 3, 64):
-    _assert_same(paged.PagedSampler(model_and_params[0], slots=4, page_size=PAGE,
-                                    chunk=chunk).sample(params, PROMPTS, **kwargs), ref)
+  for chunk, output_major in ((1, None), (3, None), (64, None), (3, True)):
+    _assert_same(paged.PagedSampler(model_and_params[0], slots=4, page_size=PAGE, chunk=chunk,
+                                    output_major=output_major).sample(params, PROMPTS, **kwargs),
+                 ref)
 
 
 def test_ended_rows_free_their_slots(model_and_params, pager):

@@ -100,13 +100,17 @@ def test_batch_equals_each_prompt_alone(sampler, model_and_params, strategy):
 
 @pytest.mark.parametrize('strategy', [strategies.Greedy(), strategies.TopK(k=8, temperature=1.0)])
 def test_mesh_sampling_equals_single_device(model_and_params, strategy):
+  """Sharded sampling, and output-major decoding (models.output_major), sharded or not, sample
+  what one device does."""
   model, params = model_and_params
   single = sampling.Sampler(model, sharding.make_mesh({}, jax.devices()[:1]))
   meshed = sampling.Sampler(model, sharding.make_mesh({'data': 2, 'tensor': 4}))
   fsdp = sampling.Sampler(model, sharding.make_mesh({'fsdp': 2, 'tensor': 4}), sharding.RULES)
+  output_major = [sampling.Sampler(model, mesh, output_major=True)
+                  for mesh in (None, sharding.make_mesh({'data': 2, 'tensor': 4}))]
   kwargs = dict(max_new_tokens=8, strategy=strategy, n=2, seed=5)
   ref = single.sample(params, PROMPTS, **kwargs)
-  for s in (meshed, fsdp):
+  for s in [meshed, fsdp] + output_major:
     out = s.sample(params, PROMPTS, **kwargs)
     np.testing.assert_array_equal(out.tokens, ref.tokens)
     np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-5)
