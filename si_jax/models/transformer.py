@@ -132,8 +132,9 @@ def apply_rope(x_BxTxNxH, positions_BxT, theta: float):
   return out.astype(x_BxTxNxH.dtype)
 
 
-def dense(x_BxTxI, w_Ix___, w_OxI=None):
-  """x @ w: contracts x's last axis with w's first ([B, T, I] x [I, ...] -> [B, T, ...]).
+def dense(x_BxTxI, w_IxO, w_OxI=None):
+  """x @ w: contracts x's last axis with w's first ([B, T, I] x [I, O...] -> [B, T, O...]; O
+  may be several axes, e.g. heads x head_dim).
 
   With `w_OxI`, the same weight flattened and stored output-major (see `output_major`), it
   computes (w_OxI @ x^T)^T instead: the same math, laid out for skinny decode matmuls. On CPU,
@@ -141,10 +142,10 @@ def dense(x_BxTxI, w_Ix___, w_OxI=None):
   way at ~72 (experiments/benchmarks/README.md). The barrier keeps XLA from folding the
   transposes back into the slow form."""
   if w_OxI is None:
-    return jnp.tensordot(x_BxTxI, w_Ix___, axes=1)
+    return jnp.tensordot(x_BxTxI, w_IxO, axes=1)
   b, t, i = x_BxTxI.shape
   y_OxR = jnp.einsum('OI,RI->OR', w_OxI, x_BxTxI.reshape(b * t, i))
-  return jax.lax.optimization_barrier(y_OxR).T.reshape((b, t) + w_Ix___.shape[1:])
+  return jax.lax.optimization_barrier(y_OxR).T.reshape((b, t) + w_IxO.shape[1:])
 
 
 class Attention(nnx.Module):
