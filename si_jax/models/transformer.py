@@ -11,7 +11,9 @@ One attention path serves both training and sampling, so the two agree to the la
     call's keys/values into a preallocated `KVCache` at `cache.index` and attends over the cache
     (prefill: T prompt tokens at once; decode: T = 1). A cache only decides the layout: each
     layer's `update(k, v)` stores the new keys/values and returns those to attend over, so
-    sampling/paged.py's page pool runs through this same attention.
+    sampling/paged.py's page pool runs through this same attention. Decoding may pass
+    `output_major(cfg, params)`: the same projections with the weights laid out [out, in] (see
+    `dense`), faster for skinny decode batches on CPU, equal up to float summation order.
 
 Shape suffixes: B batch, T query length, S key length (cache slots), D d_model, N query heads,
 K kv heads, G = N // K query heads per kv head, H head_dim, F mlp width, V vocab, L layers.
