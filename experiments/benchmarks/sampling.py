@@ -52,10 +52,10 @@ def main(_):
   sampler = sampling.Sampler(model, output_major=_OUTPUT_MAJOR.value)
   no_cache_step = jax.jit(lambda p, t: jnp.argmax(models.forward(model, p, t)[:, -1], -1))
   print(f'REF-25M: {n_params:,} params; bandwidth {_BANDWIDTH.value:.0f} GB/s; '
-        f'devices {jax.devices()[0].platform}; output_major={sampler.output_major}')
-  print('| B | matmul peak | prefill | bound | decode tok/s | bound tok/s | % of bound | ms/step | '
-        'no-cache tok/s | peak RSS |')
-  print('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+        f'devices {jax.devices()[0].platform}')
+  print('| B | decode | matmul peak | prefill | bound | decode tok/s | bound tok/s | % of bound | '
+        'ms/step | no-cache tok/s | peak RSS |')
+  print('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
   for b in map(int, _BATCH_SIZES.value):
     peak_before = matmul_peak_flops()
     rng = np.random.default_rng(b)
@@ -84,7 +84,10 @@ def main(_):
         jax.block_until_ready(t)
       no_cache_tps = b * NEW / _timed(no_cache, 1)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    print(f'| {b} | {peak / 1e9:.0f} GFLOP/s | {prefill_time * 1e3:.1f} ms | {prefill_bound * 1e3:.1f} ms | '
+    layout_name = ('output-major' if sampling.decode_output_major(sampler.output_major, cfg, b)
+                   else 'batch-major')
+    print(f'| {b} | {layout_name} | {peak / 1e9:.0f} GFLOP/s | {prefill_time * 1e3:.1f} ms | '
+          f'{prefill_bound * 1e3:.1f} ms | '
           f'{b * NEW / total:,.0f} | {bound_tps:,.0f} | {b * NEW / total / bound_tps:.0%} | '
           f'{step_time * 1e3:.2f} | {no_cache_tps:,.0f} | {rss:.2f} GiB |')
 

@@ -140,8 +140,8 @@ def dense(x_BxTxI, w_IxO, w_OxI=None):
 
   With `w_OxI`, the same weight flattened and stored output-major (see `output_major`), it
   computes (w_OxI @ x^T)^T instead: the same math, laid out for skinny decode matmuls. On CPU,
-  Eigen multiplies a [16, I] activation by an [I, O] weight at ~36 GFLOP/s and the output-major
-  way at ~72 (experiments/benchmarks/README.md). The barrier keeps XLA from folding the
+  Eigen multiplies a [16, I] activation by an [I, O] weight at ~40 GFLOP/s and the output-major
+  way at ~75 (experiments/benchmarks/README.md). The barrier keeps XLA from folding the
   transposes back into the slow form."""
   if w_OxI is None:
     return jnp.tensordot(x_BxTxI, w_IxO, axes=1)
