@@ -1,53 +1,45 @@
-"""GRO really changes a model: the GRPO update raises the held-out verified reward of a weak SFT
-model, and with the model's own (untrained) verdict as its reward it learns to please that judge
-instead, which the reward-hacking monitor catches. Against continued SFT at equal steps no GRPO
-variant wins reliably yet (experiments/rl/versus_sft.py and its README), so no test claims it.
+"""GRO really changes a model: DAPO raises the held-out verified reward of a weak SFT model
+beyond what continued SFT at equal steps buys, and with the model's own (untrained) verdict as its
+reward GRPO learns to please that judge instead, which the reward-hacking monitor catches. GRPO
+(the paper's per-sequence mean) and RLOO do not beat the control at these settings
+(experiments/rl/versus_sft.py and its README), so no test claims they do.
 
 Both start from the suite's weak base (tests/helpers.py: weak_base_config), as do the paradigm
 tests.
 """
 
-import ml_collections
-
-from configs import grpo_addition
 import numpy as np
 
+from experiments.rl import versus_sft
 from si_jax import experiment, sampling
-from si_jax.evaluation import accuracy, metrics, monitors
+from si_jax.evaluation import metrics, monitors
 from si_jax.optimization import judge, online_rl
-from tests.helpers import data_parallel
 
 
-def reverse_config(workdir: str) -> ml_collections.ConfigDict:
-  """configs/grpo_addition.py moved to the weak base's task, string reversal, where it has room
-  to grow."""
-  c = grpo_addition.get_config()
-  c.workdir = workdir
-  c.task = ml_collections.ConfigDict({'name': 'reverse', 'letters': 'abcdefghij',
-                                      'min_len': 1, 'max_len': 8})
-  c.data.seq_len, c.rl.max_new_tokens = 20, 10
-  c.rl.prompts_per_iteration, c.rl.group_size, c.rl.epochs = 16, 16, 2
-  return data_parallel(c)
+# The suite's weak base has seen its 512 labelled problems 7.5 times (60 steps of 64): more SFT
+# on them buys little. Measured here (8 fake devices): continued SFT 0.282 (LR 1e-3) / 0.287
+# (3e-3), DAPO 0.371, gain +0.084 (SE 0.021). On one device: +0.086 (SE 0.020).
+# experiments/rl/README.md has two seeds of the same comparison from a 256-problem base.
+VERSUS_SFT_STEPS = 240
 
 
-def test_grpo_raises_held_out_verified_reward(weak_base, tmp_path):
-  config = reverse_config(str(tmp_path))
-  config.init_from = weak_base
-  config.rl.num_iterations, config.rl.eval_every = 60, 60
-  # DAPO's token mean, as this test was tuned (measured from the shared weak base: 0.190 ->
-  # 0.290); with GRPO's per-sequence mean an earlier base gained +0.028, under the margin
-  # (experiments/rl/README.md compares the variants).
-  config.rl.aggregation = 'token_mean'
-  before, state = experiment.setup(config, 1)
-  problems = before.task.sample([config.seed, 1], config.train.eval_size)
-  initial = accuracy.sampled_reward(
-      sampling.Sampler(before.model), state.params, before.tokenizer, before.task,
-      problems, n=config.rl.eval_samples, max_new_tokens=config.rl.max_new_tokens,
-      strategy=sampling.Temperature(config.rl.temperature), seed=config.seed)
-  before.ckpt.close()
-  result = online_rl.run(config)
-  print('GRPO held-out sampled reward', initial, '->', result)
-  assert result['eval_reward'] > initial + 0.03, (initial, result)
+def test_dapo_beats_tuned_continued_sft_at_equal_steps(weak_base, tmp_path):
+  """DAPO on fresh problems scored by the verifier vs the control a paper would run: the same
+  number of optimizer steps of SFT on the base's own seed set, at the better of two LRs. The
+  paired held-out reward gain clears 2 standard errors."""
+  config = lambda name: versus_sft.reverse_config(str(tmp_path / name), name, 0,
+                                                   VERSUS_SFT_STEPS, seed_set=512)
+  controls = []
+  for lr in (1e-3, 3e-3):
+    sft_config = config('grpo')
+    sft_config.workdir += f'_sft_lr{lr:g}'
+    sft_config.optimizer.learning_rate = lr
+    controls.append(versus_sft.continued_sft(sft_config, weak_base, VERSUS_SFT_STEPS))
+  control = max(controls, key=np.mean)
+  dapo = versus_sft.online_rl_rewards(config('dapo'), weak_base)
+  gain, se = versus_sft.paired(dapo, control)
+  print('DAPO vs tuned continued SFT', [c.mean() for c in controls], dapo.mean(), gain, se)
+  assert gain > 2 * se, (gain, se)
 
 
 def _judged(exp, policy, judge_params, problems, n: int = 4):
@@ -70,9 +62,8 @@ def test_grpo_learns_to_please_its_self_judge_and_the_monitor_flags_the_hack(wea
   `monitors.reward_hacking` names the hack. Measured here: judged +0.045 (SE 0.008) under the
   base's judge, verified 0.17 -> 0.09; with 256 problems and seeds 0 / 1 (20 / 12 iterations):
   +0.095 / +0.080 (SE 0.008), verified 0.18 -> 0.10 and 0.17 -> 0.08."""
-  config = reverse_config(str(tmp_path))
+  config = versus_sft.reverse_config(str(tmp_path), steps=24)  # 12 rollouts of 2 epochs
   config.init_from, config.rl.reward = weak_base, 'self_judge'
-  config.rl.num_iterations = config.rl.eval_every = config.rl.checkpoint_every = 12
   exp, state = experiment.setup(config, 1)
   base = state.params
   online_rl.run(config)
