@@ -9,8 +9,8 @@ are free and a verifier scores answers. Per seed, a weak base (a tiny model, 60 
     --sft_learning_rates; the control is the best of them on the held-out score (tuned on the
     very problems it is scored on: a bias in the control's favour);
   * each algorithm (configs/grpo_addition.py:<name>): `steps` optimizer steps of online RL on
-    fresh problems with the verifier's reward (16 problems x 16 samples per rollout, 2 epochs),
-    at the RL phase's constant LR 1e-3.
+    fresh problems with the verifier's reward (16 problems x 16 samples per rollout, or P for
+    an arm named <name>:P; 2 epochs), at the RL phase's constant LR 1e-3.
 Score: the mean verified reward of 4 samples at T=1 on 256 held-out problems; `- sft` is the
 paired per-problem difference from the tuned control, with its standard error. Writes
 versus_sft.md / .json under --workdir.
@@ -115,13 +115,17 @@ def main(argv):
     config = lambda name, sub: reverse_config(os.path.join(root, sub), name, seed, FLAGS.steps)
     base_dir = train.warm_start(config('grpo', 'base_run'))
     scores = {'base': base_rewards(config('grpo', 'base_run'), base_dir)}
-    for lr in map(float, FLAGS.sft_learning_rates):
-      sft_config = config('grpo', f'sft_lr{lr:g}')
-      sft_config.optimizer.learning_rate = lr
-      scores[f'sft lr={lr:g}'] = continued_sft(sft_config, base_dir, FLAGS.steps)
+    for lr in FLAGS.sft_learning_rates:
+      sft_config = config('grpo', f'sft_lr{lr}')
+      sft_config.optimizer.learning_rate = float(lr)
+      scores[f'sft lr={lr}'] = continued_sft(sft_config, base_dir, FLAGS.steps)
     control = max((k for k in scores if k.startswith('sft')), key=lambda k: scores[k].mean())
-    for name in FLAGS.algorithms:
-      scores[name] = online_rl_rewards(config(name, name), base_dir)
+    for arm in FLAGS.algorithms:  # 'grpo', or 'grpo:64' for 64 problems per rollout.
+      name, _, prompts = arm.partition(':')
+      rl_config = config(name, arm.replace(':', '_x'))
+      if prompts:
+        rl_config.rl.prompts_per_iteration = int(prompts)
+      scores[arm] = online_rl_rewards(rl_config, base_dir)
     for name, values in scores.items():
       diff, se = paired(values, scores[control])
       rows.append({'seed': seed, 'arm': name, 'control': name == control,
@@ -138,7 +142,9 @@ def main(argv):
 def define_flags():
   """Defined when run as a script only: importing the module (tests do) defines no flag."""
   flags.DEFINE_list('seeds', ['0', '1'], 'Seeds (each its own base, control and runs).')
-  flags.DEFINE_list('algorithms', ['grpo', 'dr_grpo', 'dapo', 'rloo'], 'grpo.ALGORITHMS names.')
+  flags.DEFINE_list('algorithms', ['grpo', 'dr_grpo', 'dapo', 'rloo', 'grpo:64'],
+                    'grpo.ALGORITHMS names; <name>:<P> draws P problems per rollout, not 16 (grpo:64 '
+                    'samples as many as DAPO, whose dynamic sampling draws up to 4 rollouts).')
   flags.DEFINE_integer('steps', 480, 'Optimizer steps of every arm after the base.')
   flags.DEFINE_list('sft_learning_rates', ['3e-4', '1e-3', '3e-3'],
                     'Constant LRs of continued SFT; the best on the held-out score is the control.')
