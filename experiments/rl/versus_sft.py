@@ -131,7 +131,8 @@ def main(argv):
       rows.append({'seed': seed, 'arm': name, 'control': name == control,
                    'reward': float(values.mean()), 'minus_sft': diff, 'se': se})
       print(rows[-1])
-  lines = ['| seed | arm | held-out reward | - tuned sft (± SE) | > 2 SE |', '|---|---|---|---|---|']
+  lines = ['| seed | arm | held-out reward | - tuned sft (± SE) | > 2 SE |',
+           '|---|---|---|---|---|']
   for r in rows:
     arm = f"{r['arm']} (control)" if r['control'] else r['arm']
     lines.append(f"| {r['seed']} | {arm} | {r['reward']:.3f} | {r['minus_sft']:+.3f} ± "
@@ -143,8 +144,9 @@ def define_flags():
   """Defined when run as a script only: importing the module (tests do) defines no flag."""
   flags.DEFINE_list('seeds', ['0', '1'], 'Seeds (each its own base, control and runs).')
   flags.DEFINE_list('algorithms', ['grpo', 'dr_grpo', 'dapo', 'rloo', 'grpo:64'],
-                    'grpo.ALGORITHMS names; <name>:<P> draws P problems per rollout, not 16 (grpo:64 '
-                    'samples as many as DAPO, whose dynamic sampling draws up to 4 rollouts).')
+                    'grpo.ALGORITHMS names; <name>:<P> draws P problems per rollout, not 16 '
+                    '(grpo:64 samples as many as DAPO, whose dynamic sampling draws up to 4 '
+                    'rollouts).')
   flags.DEFINE_integer('steps', 480, 'Optimizer steps of every arm after the base.')
   flags.DEFINE_list('sft_learning_rates', ['3e-4', '1e-3', '3e-3'],
                     'Constant LRs of continued SFT; the best on the held-out score is the control.')
