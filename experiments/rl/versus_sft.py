@@ -93,6 +93,19 @@ def continued_sft(config, base_dir: str, steps: int) -> np.ndarray:
     exp.ckpt.close()
 
 
+def tuned_continued_sft(config, base_dir: str, steps: int,
+                        learning_rates: list[str]) -> tuple[str, dict[str, np.ndarray]]:
+  """Continued SFT at each constant LR (each under <workdir>/sft_lr<lr>): (the best arm's name,
+  {'sft lr=<lr>': held-out rewards}). The best is picked on the held-out score itself."""
+  scores = {}
+  for lr in learning_rates:
+    sft_config = config.copy_and_resolve_references()
+    sft_config.workdir = os.path.join(config.workdir, f'sft_lr{lr}')
+    sft_config.optimizer.learning_rate = float(lr)
+    scores[f'sft lr={lr}'] = continued_sft(sft_config, base_dir, steps)
+  return max(scores, key=lambda k: scores[k].mean()), scores
+
+
 def online_rl_rewards(config, base_dir: str) -> np.ndarray:
   config = config.copy_and_resolve_references()
   config.init_from = base_dir
@@ -114,12 +127,9 @@ def main(argv):
     root = os.path.join(FLAGS.workdir, f'seed{seed}')
     config = lambda name, sub: reverse_config(os.path.join(root, sub), name, seed, FLAGS.steps)
     base_dir = train.warm_start(config('grpo', 'base_run'))
-    scores = {'base': base_rewards(config('grpo', 'base_run'), base_dir)}
-    for lr in FLAGS.sft_learning_rates:
-      sft_config = config('grpo', f'sft_lr{lr}')
-      sft_config.optimizer.learning_rate = float(lr)
-      scores[f'sft lr={lr}'] = continued_sft(sft_config, base_dir, FLAGS.steps)
-    control = max((k for k in scores if k.startswith('sft')), key=lambda k: scores[k].mean())
+    control, sft_scores = tuned_continued_sft(config('grpo', 'control'), base_dir, FLAGS.steps,
+                                              FLAGS.sft_learning_rates)
+    scores = {'base': base_rewards(config('grpo', 'base_run'), base_dir), **sft_scores}
     for arm in FLAGS.algorithms:  # 'grpo', or 'grpo:64' for 64 problems per rollout.
       name, _, prompts = arm.partition(':')
       rl_config = config(name, arm.replace(':', '_x'))

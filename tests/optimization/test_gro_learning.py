@@ -29,16 +29,12 @@ def test_dapo_beats_tuned_continued_sft_at_equal_steps(weak_base, tmp_path):
   paired held-out reward gain clears 2 standard errors."""
   config = lambda name: versus_sft.reverse_config(str(tmp_path / name), name, 0,
                                                    VERSUS_SFT_STEPS, seed_set=512)
-  controls = []
-  for lr in (1e-3, 3e-3):
-    sft_config = config('grpo')
-    sft_config.workdir += f'_sft_lr{lr:g}'
-    sft_config.optimizer.learning_rate = lr
-    controls.append(versus_sft.continued_sft(sft_config, weak_base, VERSUS_SFT_STEPS))
-  control = max(controls, key=np.mean)
+  best, controls = versus_sft.tuned_continued_sft(config('grpo'), weak_base, VERSUS_SFT_STEPS,
+                                                  ['1e-3', '3e-3'])
   dapo = versus_sft.online_rl_rewards(config('dapo'), weak_base)
-  gain, se = versus_sft.paired(dapo, control)
-  print('DAPO vs tuned continued SFT', [c.mean() for c in controls], dapo.mean(), gain, se)
+  gain, se = versus_sft.paired(dapo, controls[best])
+  print('DAPO vs tuned continued SFT', {k: v.mean() for k, v in controls.items()}, dapo.mean(),
+        gain, se)
   assert gain > 2 * se, (gain, se)
 
 
