@@ -79,9 +79,11 @@ def base_dir(tmp_path_factory):
   return train.warm_start(tiny_loop_config(str(tmp_path_factory.mktemp('loop_base'))))
 
 
-def _run(workdir, base, controller=None, **overrides):
+def _run(workdir, base, controller=None, seed=None, **overrides):
   config = tiny_loop_config(str(workdir), **overrides)
   config.init_from = base
+  if seed is not None:
+    config.seed = seed
   for key, value in (controller or {}).items():
     config.loop.controller[key] = value
   return main.run(config)
@@ -161,17 +163,29 @@ def test_healthy_run_raises_no_flag_in_eight_rounds(base_dir, tmp_path):
       row['reason'] for row in history]
 
 
+# Planted hack: each problem's first well-shaped sample at T=2, right or wrong, trained on for
+# 80 steps a round with the collapse monitor off. Measured (seeds 0-9): the hacking flag rose in
+# rounds 2-4 of nine seeds; in seed 2 the well-shaped share never rose (0.19 -> 0.26 at most),
+# so there was no hack to flag. Two seeds make the test stand on the monitor, not one trajectory.
+HACK_SEEDS = (0, 1)
+
+
 @pytest.mark.xdist_group('loop_base')
 def test_planted_reward_hack_is_flagged(base_dir, tmp_path):
   """A reward that pays for a well-formed answer, right or wrong: the proxy rises while verified
-  accuracy falls, and the monitor says so. From the base: the tuned control is right so often
-  that even its T=2 samples are mostly correct."""
-  result = _run(tmp_path, base_dir, start='base', label='format', temperature=2.0,
-                seed_mix_ratio=0.0, policy='replace', num_rounds=4, sft_steps=40, min_agreement=0.0,
-                controller={'regression_tol': 1.0})
-  history = result['history'][1:]
-  assert history[-1]['benchmark'] < result['history'][0]['benchmark']  # verified accuracy fell
-  assert any(row['reward_hacking_flag'] for row in history), history
+  accuracy on the labelled monitoring set falls, the monitor says so and real data comes back.
+  From the base: the tuned control is right so often that even its T=2 samples are mostly
+  correct."""
+  flagged = {}
+  for seed in HACK_SEEDS:
+    history = _run(tmp_path / str(seed), base_dir, seed=seed, start='base', label='format',
+                   temperature=2.0, seed_mix_ratio=0.0, policy='replace', num_rounds=4,
+                   sft_steps=80, min_agreement=0.0, collapse_drop=1.0,
+                   controller={'regression_tol': 1.0})['history'][1:]
+    flagged[seed] = [row for row in history if row['reward_hacking_flag']]
+    for row in flagged[seed]:
+      assert row['action'] == 'mix_real_data' and 'reward_hacking' in row['reason'], row
+  assert any(flagged.values()), {s: [r['reason'] for r in rows] for s, rows in flagged.items()}
 
 
 @pytest.mark.xdist_group('loop_base')

@@ -112,9 +112,11 @@ def monitor_flags(history: list[dict], validation: dict, loop) -> dict[str, dict
   """
   last, first = history[-1], validation['0']
   now = validation[str(last['round'])]
-  # Hacking builds up over rounds: compare with round 1, the first with a proxy reward.
+  # Hacking builds up over rounds: compare with round 1, the first with a proxy reward. A
+  # round's proxy scores the samples of the model it starts from, so round 1's proxy belongs
+  # with the accuracy of the model before round 1 trained, not after.
   reference = history[0]
-  then = validation[str(reference['round'])]
+  then = validation[str(reference['round'] - 1)]
   return {
       'collapse': monitors.collapse(
           [h['diversity'] for h in history], [h['token_entropy'] for h in history],
