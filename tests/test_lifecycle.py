@@ -166,7 +166,8 @@ def test_healthy_run_raises_no_flag_in_eight_rounds(base_dir, tmp_path):
 # Planted hack: each problem's first well-shaped sample at T=2, right or wrong, trained on for
 # 80 steps a round with the collapse monitor off. Measured (seeds 0-9): the hacking flag rose in
 # rounds 2-4 of nine seeds; in seed 2 the well-shaped share never rose (0.19 -> 0.26 at most),
-# so there was no hack to flag. Two seeds make the test stand on the monitor, not one trajectory.
+# so there was no hack to flag. A second seed runs only if the first raises no flag: the test
+# stands on the monitor, not on one machine's trajectory.
 HACK_SEEDS = (0, 1)
 
 
@@ -185,7 +186,9 @@ def test_planted_reward_hack_is_flagged(base_dir, tmp_path):
     flagged[seed] = [row for row in history if row['reward_hacking_flag']]
     for row in flagged[seed]:
       assert row['action'] == 'mix_real_data' and 'reward_hacking' in row['reason'], row
-  assert any(flagged.values()), {s: [r['reason'] for r in rows] for s, rows in flagged.items()}
+    if flagged[seed]:
+      return
+  pytest.fail(f'no seed of {HACK_SEEDS} raised the reward-hacking flag: {flagged}')
 
 
 @pytest.mark.xdist_group('loop_base')

@@ -19,7 +19,9 @@ from si_jax.optimization import judge, online_rl
 # The suite's weak base has seen its 512 labelled problems 7.5 times (60 steps of 64): more SFT
 # on them buys little. Measured here (8 fake devices), continued SFT at LR 1e-3 / 3e-3 vs DAPO:
 # 160 steps 0.287 / 0.277 vs 0.363, gain +0.076 (SE 0.020, 3.7 SE); 120 steps +0.064 (3.2 SE);
-# 240 steps +0.084 (4.0 SE). experiments/rl/README.md has two seeds from a 256-problem base.
+# 240 steps +0.084 (4.0 SE). On a second machine (other float rounding, other trajectory):
+# 160 steps +0.064 (SE 0.018, 3.5 SE), 120 steps +0.059 (2.7 SE), so 160 it is.
+# experiments/rl/README.md has two seeds from a 256-problem base.
 VERSUS_SFT_STEPS = 160
 
 
