@@ -179,13 +179,15 @@ def test_planted_reward_hack_is_flagged(base_dir, tmp_path):
   correct."""
   flagged = {}
   for seed in HACK_SEEDS:
-    history = _run(tmp_path / str(seed), base_dir, seed=seed, start='base', label='format',
-                   temperature=2.0, seed_mix_ratio=0.0, policy='replace', num_rounds=4,
-                   sft_steps=80, min_agreement=0.0, collapse_drop=1.0,
-                   controller={'regression_tol': 1.0})['history'][1:]
+    start, *history = _run(tmp_path / str(seed), base_dir, seed=seed, start='base',
+                           label='format', temperature=2.0, seed_mix_ratio=0.0, policy='replace',
+                           num_rounds=4, sft_steps=80, min_agreement=0.0, collapse_drop=1.0,
+                           controller={'regression_tol': 1.0})['history']
     flagged[seed] = [row for row in history if row['reward_hacking_flag']]
     for row in flagged[seed]:
       assert row['action'] == 'mix_real_data' and 'reward_hacking' in row['reason'], row
+      # A true positive by a measure the monitor never reads: the fresh benchmark fell too.
+      assert row['benchmark'] < start['benchmark'], (row['benchmark'], start['benchmark'])
     if flagged[seed]:
       return
   pytest.fail(f'no seed of {HACK_SEEDS} raised the reward-hacking flag: {flagged}')
