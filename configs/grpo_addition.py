@@ -58,7 +58,9 @@ def get_config(algorithm: str = 'grpo') -> ml_collections.ConfigDict:
   # a reward penalty rising linearly to -1 at the budget (L_cache); 0: off.
   c.rl.overlong_buffer = 0
   c.rl.dynamic_sampling = False  # DAPO: train only on groups whose rewards differ, sampling
-  c.rl.max_sample_batches = 4  # ... more batches until the update is full, at most this many.
+  # more problems until they fill the update: at most max_sample_batches * prompts_per_iteration
+  # an update (past that the informative groups are repeated; none at all is an error).
+  c.rl.max_sample_batches = 16
   c.rl.eval_every = 10  # Held-out evaluation period (iterations).
   c.rl.eval_samples = 4  # Samples per held-out problem for the mean sampled reward.
   c.rl.checkpoint_every = 10  # Checkpoint period (iterations).

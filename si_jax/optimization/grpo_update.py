@@ -39,7 +39,7 @@ class RLConfig:
   mask_overlong: bool = False  # No loss on completions cut at max_new_tokens.
   overlong_buffer: int = 0  # DAPO's L_cache: soft overlong punishment over the last tokens.
   dynamic_sampling: bool = False  # DAPO: refill the batch with groups of unequal rewards.
-  max_sample_batches: int = 4  # Bound on sampling calls per iteration when refilling.
+  max_sample_batches: int = 16  # Bound on problems drawn per update, in prompts_per_iteration.
   eval_every: int = 10  # Held-out evaluation period (iterations; online RL only).
   eval_samples: int = 4  # Samples per held-out problem (online RL only).
   checkpoint_every: int = 10  # Checkpoint period (iterations; online RL only).
@@ -103,41 +103,54 @@ def shaped_reward(ro: rollout.Rollout, reward: np.ndarray, rl: RLConfig) -> np.n
   return reward
 
 
-def collect(draw: Callable[[int], tuple[rollout.Rollout, np.ndarray]],
+def collect(draw: Callable[[int, int], tuple[rollout.Rollout, np.ndarray]],
             rl: RLConfig) -> tuple[rollout.Rollout, np.ndarray, dict]:
   """(rollout, shaped rewards, host metrics) for one update of `prompts_per_iteration` groups.
 
-  `draw(attempt)` samples groups of fresh problems (attempt 0, 1, ...) and returns them with
-  their rewards. With dynamic sampling (DAPO) only groups whose rewards are not all equal are
-  kept, and more batches are drawn until the update is full: at most `max_sample_batches` of
-  them. Short of that, a warning, and equal-reward groups top the batch up (their tokens are
-  masked out by build_batch).
+  `draw(attempt, batches)` samples a group for each of `batches * prompts_per_iteration` fresh
+  problems (attempt 0, 1, ...) and returns them with their rewards. Without dynamic sampling
+  that is one batch. With it (DAPO, Algorithm 1) only groups whose rewards differ are kept, and
+  draws go on until they fill the whole update: no group without an advantage takes a slot.
+  Each draw after the first is sized by the share of informative groups seen so far, so a
+  refill is usually one more (larger) sampling call. All draws together
+  sample at most `max_sample_batches` batches (verl's max_num_gen_batches); if that is not
+  enough, the informative groups drawn are repeated to fill the update (a warning), and none at
+  all is an error.
   """
   wanted, g = rl.prompts_per_iteration, rl.group_size
-  kept, spare, kept_rewards, spare_rewards, sampled, informative = [], [], [], [], 0, 0
-  for attempt in range(rl.max_sample_batches if rl.dynamic_sampling else 1):
-    ro, reward = draw(attempt)
-    reward = shaped_reward(ro, reward, rl)
-    if not rl.dynamic_sampling:
-      return ro, reward, {}
-    keep = grpo.dynamic_sampling_keep(reward.reshape(-1, g))
-    sampled, informative = sampled + keep.size, informative + int(keep.sum())
-    for groups, parts, rewards_out in ((np.flatnonzero(keep), kept, kept_rewards),
-                                       (np.flatnonzero(~keep), spare, spare_rewards)):
-      if len(groups):
-        parts.append(ro.take_groups(groups))
-        rewards_out.append(reward.reshape(-1, g)[groups].reshape(-1))
-    if informative >= wanted:
-      break
+  if not rl.dynamic_sampling:
+    ro, reward = draw(0, 1)
+    return ro, shaped_reward(ro, reward, rl), {}
+  kept, kept_rewards, batches, sampled, informative, attempt = [], [], 0, 0, 0, 0
+  while informative < wanted and batches < rl.max_sample_batches:
+    rate = (informative + 1) / (sampled + 2)  # Laplace's estimate: never 0, never certain.
+    size = min(-(-(wanted - informative) // max(1, int(rate * wanted))),
+               rl.max_sample_batches - batches) if sampled else 1
+    ro, reward = draw(attempt, size)
+    reward = shaped_reward(ro, reward, rl).reshape(-1, g)
+    keep = np.flatnonzero(grpo.dynamic_sampling_keep(reward))
+    if len(keep):
+      kept.append(ro.take_groups(keep))
+      kept_rewards.append(reward[keep].reshape(-1))
+    batches, attempt = batches + size, attempt + 1
+    sampled, informative = sampled + reward.shape[0], informative + len(keep)
+  if not informative:
+    raise ValueError(f'dynamic sampling: none of the {sampled} groups drawn in {batches} batches '
+                     f'(config.rl.max_sample_batches={rl.max_sample_batches}) has rewards that '
+                     f'differ, so no group carries an advantage: the task is solved or hopeless '
+                     f'for this policy. Raise config.rl.max_sample_batches, make the task '
+                     f'easier/harder, or set config.rl.dynamic_sampling=False')
   if informative < wanted:
-    logging.warning('dynamic sampling: %d of %d groups with unequal rewards after %d batches '
-                    '(config.rl.max_sample_batches); the rest of the update is equal-reward '
-                    'groups, masked out. Raise max_sample_batches, or the task is solved or '
-                    'hopeless for this policy.', informative, wanted, attempt + 1)
-  ro = rollout.concat(kept + spare).take_groups(np.arange(wanted))
-  reward = np.concatenate(kept_rewards + spare_rewards)[:wanted * g]
-  return ro, reward, {'sample_batches': float(attempt + 1),
-                      'sampled_informative': informative / sampled}
+    logging.warning('dynamic sampling: %d of %d groups with unequal rewards in %d batches '
+                    '(config.rl.max_sample_batches); they are repeated to fill the update. Raise '
+                    'max_sample_batches, or the task is nearly solved or hopeless for this '
+                    'policy.', informative, wanted, batches)
+  groups = np.resize(np.arange(informative), wanted)  # The first `wanted`, or repeats.
+  ro = rollout.concat(kept).take_groups(groups)
+  reward = np.concatenate(kept_rewards).reshape(-1, g)[groups].reshape(-1)
+  return ro, reward, {'sample_batches': float(batches), 'sample_calls': float(attempt),
+                      'sampled_informative': informative / sampled,
+                      'repeated_groups': max(0, wanted - informative) / wanted}
 
 
 def build_batch(ro: rollout.Rollout, reward: np.ndarray, rl: RLConfig) -> tuple[dict, dict]:
@@ -151,8 +164,6 @@ def build_batch(ro: rollout.Rollout, reward: np.ndarray, rl: RLConfig) -> tuple[
   if rl.mask_overlong:
     mask = grpo.overlong_mask(mask, ro.finish_reason)
   informative = grpo.dynamic_sampling_keep(rewards_GxN)
-  if rl.dynamic_sampling:  # Only short refills hold equal-reward groups: no tokens of theirs.
-    mask = mask & np.repeat(informative, g)[:, None]
   batch = {**ro.arrays, 'completion_mask': mask, 'advantages': advantages.astype(np.float32)}
   host = {'reward_mean': float(reward.mean()), 'reward_std': float(reward.std()),
           'advantage_mean': float(advantages.mean()),

@@ -45,8 +45,8 @@ def run(config) -> dict:
     for it in bar:
       n = rl.prompts_per_iteration
 
-      def draw(attempt, it=it, n=n, params=state.params):  # > 0: DAPO's dynamic sampling.
-        problems = task.sample([config.seed, 2, it] + ([attempt] if attempt else []), n)
+      def draw(attempt, batches, it=it, n=n, params=state.params):  # attempt > 0: DAPO refills.
+        problems = task.sample([config.seed, 2, it] + ([attempt] if attempt else []), n * batches)
         ro = rollout.rollout(sampler, params, tokenizer, problems, group_size=rl.group_size,
                              max_new_tokens=rl.max_new_tokens, strategy=strategy,
                              seed=config.seed * 1_000_003 + it * n + attempt * 7919)

@@ -181,9 +181,9 @@ def ttrl(exp: Experiment, state, problems: Sequence[Problem], cfg: TTRLConfig = 
   for it in range(cfg.num_iterations):
     shares = []
 
-    def draw(attempt, it=it, params=state.params, shares=shares):
+    def draw(attempt, batches, it=it, params=state.params, shares=shares):
       nonlocal samples, tokens
-      chunk = [problems[i] for i in next(chunks)]
+      chunk = [problems[i] for _ in range(batches) for i in next(chunks)]
       ro = rollout.rollout(sampler, params, exp.tokenizer, chunk, group_size=vote,
                            max_new_tokens=cfg.max_new_tokens, strategy=strategy,
                            seed=seed * 1_000_003 + it * len(chunk) + attempt * 7919)

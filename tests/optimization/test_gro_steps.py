@@ -80,11 +80,13 @@ def test_step_on_mesh_equals_single_device(objective):
 # --- One GRPO update's rollout: DAPO's dynamic sampling refills it ---------------------------
 
 
-def _draws(rewards_per_batch, prompt_widths):
-  """draw(attempt) over made-up rollouts: batch a holds groups of 2 with the given rewards, its
-  prompts `prompt_widths[a]` wide, each row's tokens tagging (batch, group)."""
-  def draw(attempt):
-    r = np.asarray(rewards_per_batch[attempt], np.float32)
+def _draws(rewards_per_draw, prompt_widths, expected_batches):
+  """draw(attempt, batches) over made-up rollouts: draw a holds groups of 2 with the given
+  rewards (as many groups as `batches` asks for), its prompts `prompt_widths[a]` wide, each
+  row's tokens tagging (draw, group)."""
+  def draw(attempt, batches):
+    assert batches == expected_batches[attempt], (attempt, batches)
+    r = np.asarray(rewards_per_draw[attempt], np.float32)
     groups, width = r.shape[0], prompt_widths[attempt]
     rows = groups * 2
     tag = (attempt * 10 + np.repeat(np.arange(groups), 2))[:, None]
@@ -104,47 +106,63 @@ def _draws(rewards_per_batch, prompt_widths):
 
 
 def test_dynamic_sampling_refills_the_update_with_informative_groups():
+  """DAPO's Algorithm 1: draws go on until informative groups fill the update, each refill
+  sized by the informative share seen so far."""
   rl = grpo_update.RLConfig(prompts_per_iteration=3, group_size=2, dynamic_sampling=True,
-                            max_sample_batches=3)
-  batches = [[[1, 1], [0, 1], [0, 0]], [[0, 0], [1, 1]], [[1, 0], [1, 0], [0, 1]]]
-  ro, reward, host = grpo_update.collect(_draws(batches, [16, 32, 16]), rl)
-  assert [p.prompt for p in ro.problems] == ['p01', 'p20', 'p21']  # Full, from 3 batches.
-  assert host['sample_batches'] == 3 and host['sampled_informative'] == 4 / 8
+                            max_sample_batches=4)
+  draws = [[[1, 1], [0, 1], [0, 0]],  # 1 batch: 1 of 3 informative, so the refill asks 2.
+           [[0, 0], [1, 1], [1, 0], [1, 1], [0, 0], [0, 0]],  # 2 batches: 1 more.
+           [[1, 0], [1, 0], [0, 1]]]  # The last batch of the budget: more than enough.
+  ro, reward, host = grpo_update.collect(_draws(draws, [16, 32, 16], [1, 2, 1]), rl)
+  assert [p.prompt for p in ro.problems] == ['p01', 'p12', 'p20']
+  assert host == {'sample_batches': 4, 'sample_calls': 3, 'sampled_informative': 5 / 12,
+                  'repeated_groups': 0}
   np.testing.assert_array_equal(reward, [0, 1, 1, 0, 1, 0])
   # Prompts stay right-aligned against the completion in the widest (32) layout.
   assert ro.arrays['prompt'].shape == (6, 32) and ro.arrays['prompt_mask'][:, -3:].all()
-  np.testing.assert_array_equal(ro.arrays['prompt'][:, -1], [1, 1, 20, 20, 21, 21])
-  np.testing.assert_array_equal(ro.arrays['completion'][:, 0], [1, 1, 20, 20, 21, 21])
+  np.testing.assert_array_equal(ro.arrays['prompt'][:, -1], [1, 1, 12, 12, 20, 20])
+  np.testing.assert_array_equal(ro.arrays['completion'][:, 0], [1, 1, 12, 12, 20, 20])
   batch, _ = grpo_update.build_batch(ro, reward, rl)
   assert batch['completion_mask'].all() and (batch['advantages'] != 0).all()
 
 
-def test_dynamic_sampling_short_of_groups_warns_and_masks_the_top_up(caplog):
+def test_dynamic_sampling_short_of_groups_warns_and_repeats_them(caplog):
+  """At the max_sample_batches budget the informative groups drawn fill the update by repeats:
+  every row still trains, none is masked padding."""
   rl = grpo_update.RLConfig(prompts_per_iteration=3, group_size=2, dynamic_sampling=True,
                             max_sample_batches=2)
-  batches = [[[1, 1], [0, 1], [0, 0]], [[0, 0], [1, 1], [1, 1]]]
+  draws = [[[1, 1], [0, 1], [0, 0]], [[0, 0], [1, 1], [1, 1]]]
   with caplog.at_level('WARNING'):
-    ro, reward, _ = grpo_update.collect(_draws(batches, [16, 16]), rl)
+    ro, reward, host = grpo_update.collect(_draws(draws, [16, 16], [1, 1]), rl)
   assert 'config.rl.max_sample_batches' in caplog.text
-  assert [p.prompt for p in ro.problems] == ['p01', 'p00', 'p02']
+  assert [p.prompt for p in ro.problems] == ['p01'] * 3
+  assert host['repeated_groups'] == 2 / 3
   batch, _ = grpo_update.build_batch(ro, reward, rl)
-  np.testing.assert_array_equal(batch['completion_mask'].any(1), [1, 1, 0, 0, 0, 0])
+  assert batch['completion_mask'].all() and (batch['advantages'] != 0).all()
+
+
+def test_dynamic_sampling_without_any_informative_group_says_what_to_change():
+  rl = grpo_update.RLConfig(prompts_per_iteration=2, group_size=2, dynamic_sampling=True,
+                            max_sample_batches=2)
+  draws = [[[1, 1], [0, 0]], [[0, 0], [0, 0]]]
+  with pytest.raises(ValueError, match='config.rl.max_sample_batches=2.*dynamic_sampling=False'):
+    grpo_update.collect(_draws(draws, [16, 16], [1, 1]), rl)
 
 
 def test_soft_overlong_punishment_reaches_the_advantages():
   """Equal rewards, unequal lengths: DAPO's penalty makes the longer sample worse."""
   rl = grpo_update.RLConfig(prompts_per_iteration=1, group_size=2, max_new_tokens=4,
                             overlong_buffer=2)
-  ro, reward = _draws([[[1, 1]]], [16])(0)
+  ro, reward = _draws([[[1, 1]]], [16], [1])(0, 1)
   ro.arrays['completion_mask'][1, 3:] = False  # 3 tokens: half-way into the buffer.
-  ro, shaped, _ = grpo_update.collect(lambda _: (ro, reward), rl)
+  ro, shaped, _ = grpo_update.collect(lambda *_: (ro, reward), rl)
   np.testing.assert_allclose(shaped, [0.0, 0.5])
   batch, _ = grpo_update.build_batch(ro, shaped, rl)
   assert batch['advantages'][1] > 0 > batch['advantages'][0]
 
 
 def test_take_samples_keeps_the_first_of_every_group():
-  ro, _ = _draws([[[1, 0], [0, 1]]], [16])(0)
+  ro, _ = _draws([[[1, 0], [0, 1]]], [16], [1])(0, 1)
   ro.arrays['completion'][:, 1] = np.arange(4)
   sub = ro.take_samples(1)
   assert sub.group_size == 1 and sub.prompts == ['p00', 'p01']
