@@ -57,21 +57,23 @@ def data_parallel(config):
 WEAK_BASE_EXTRA_CHARS = self_refine.template_alphabet(self_refine.REVISE_TEMPLATE) + 'y'
 
 
-def weak_base_config(workdir: str):
+def weak_base_config(workdir: str, seed: int = 0):
   """configs/rejection_sampling.py's base phase: 60 SFT steps on 512 labelled reversals of 1-8
-  letters (~25% greedy exact match: short strings learnt, long ones not), data-parallel."""
+  letters (~25% greedy exact match: short strings learnt, long ones not), data-parallel. The
+  seed draws the seed set, the held-out set and the initialisation."""
   c = rejection_sampling.get_config()
-  c.workdir = workdir
+  c.workdir, c.seed = workdir, seed
   c.tokenizer_extra_chars = WEAK_BASE_EXTRA_CHARS
   return data_parallel(c)
 
 
-def build_weak_base(root: str) -> str:
+def build_weak_base(root: str, seed: int = 0) -> str:
   """The weak base's workdir under `root`, trained once however many pytest-xdist workers ask
   (a file lock; the others find it done). GRO and test-time methods warm-start from it."""
-  config = weak_base_config(os.path.join(root, 'weak_base'))
-  done = os.path.join(root, 'weak_base.done')
-  with open(os.path.join(root, 'weak_base.lock'), 'w') as lock:
+  name = 'weak_base' if seed == 0 else f'weak_base_seed{seed}'
+  config = weak_base_config(os.path.join(root, name), seed)
+  done = os.path.join(root, f'{name}.done')
+  with open(os.path.join(root, f'{name}.lock'), 'w') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)  # Released when the file closes.
     if not os.path.exists(done):
       train.warm_start(config)

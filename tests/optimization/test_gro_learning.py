@@ -1,11 +1,11 @@
 """GRO really changes a model: DAPO raises the held-out verified reward of a weak SFT model
 beyond what continued SFT at equal steps buys, and with the model's own (untrained) verdict as its
-reward GRPO learns to please that judge instead, which the reward-hacking monitor catches. GRPO
-(the paper's per-sequence mean) and RLOO do not beat the control at these settings
-(experiments/rl/versus_sft.py and its README), so no test claims they do.
+reward GRPO learns to please that judge instead, which the reward-hacking monitor catches. GRPO,
+Dr. GRPO and RLOO beat the control only with 64 problems a rollout, ~150 s an arm
+(experiments/rl/README.md), too slow for the suite, so no test claims they do.
 
 Both start from the suite's weak base (tests/helpers.py: weak_base_config), as do the paradigm
-tests.
+tests; the DAPO test also builds a second seed's.
 """
 
 import numpy as np
@@ -14,29 +14,37 @@ from experiments.rl import versus_sft
 from si_jax import experiment, sampling
 from si_jax.evaluation import metrics, monitors
 from si_jax.optimization import judge, online_rl
+from tests import helpers
 
 
 # The suite's weak base has seen its 512 labelled problems 7.5 times (60 steps of 64): more SFT
-# on them buys little. Measured here (8 fake devices), continued SFT at LR 1e-3 / 3e-3 vs DAPO:
-# 160 steps 0.287 / 0.277 vs 0.363, gain +0.076 (SE 0.020, 3.7 SE); 120 steps +0.064 (3.2 SE);
-# 240 steps +0.084 (4.0 SE). On a second machine (other float rounding, other trajectory):
-# 160 steps +0.064 (SE 0.018, 3.5 SE), 120 steps +0.059 (2.7 SE), so 160 it is.
-# experiments/rl/README.md has two seeds from a 256-problem base.
+# on them buys little, while DAPO keeps drawing fresh problems until every group of its update
+# carries an advantage. Measured here (8 fake devices, 160 steps, each seed its own base), DAPO
+# minus the better of continued SFT at LR 1e-3 / 3e-3: seed 0 +0.106 (SE 0.020), seed 1 +0.021
+# (0.015), seed 2 +0.048 (0.018), seed 3 +0.084 (0.017). One seed can fall short of 2 SE (seed
+# 1: 1.4), so the test pools two: seeds 0 + 1, +0.064 (5.1 SE). experiments/rl/README.md has
+# the table.
 VERSUS_SFT_STEPS = 160
+VERSUS_SFT_SEEDS = (0, 1)
 
 
 def test_dapo_beats_tuned_continued_sft_at_equal_steps(weak_base, tmp_path):
   """DAPO on fresh problems scored by the verifier vs the control a paper would run: the same
-  number of optimizer steps of SFT on the base's own seed set, at the better of two LRs. The
-  paired held-out reward gain clears 2 standard errors."""
-  config = lambda name: versus_sft.reverse_config(str(tmp_path / name), name, 0,
-                                                   VERSUS_SFT_STEPS, seed_set=512)
-  best, controls = versus_sft.tuned_continued_sft(config('grpo'), weak_base, VERSUS_SFT_STEPS,
-                                                  ['1e-3', '3e-3'])
-  dapo = versus_sft.online_rl_rewards(config('dapo'), weak_base)
-  gain, se = versus_sft.paired(dapo, controls[best])
-  print('DAPO vs tuned continued SFT', {k: v.mean() for k, v in controls.items()}, dapo.mean(),
-        gain, se)
+  number of optimizer steps of SFT on the base's own seed set, at the better of two LRs (picked
+  per seed on the held-out score: an optimistic control). Over two seeds, each with its own
+  base, the paired held-out reward gain clears 2 standard errors."""
+  dapo, control = [], []
+  for seed in VERSUS_SFT_SEEDS:
+    base = weak_base if seed == 0 else helpers.build_weak_base(str(tmp_path), seed)
+    config = lambda name: versus_sft.reverse_config(str(tmp_path / f'{name}_seed{seed}'), name,
+                                                     seed, VERSUS_SFT_STEPS, seed_set=512)
+    best, controls = versus_sft.tuned_continued_sft(config('grpo'), base, VERSUS_SFT_STEPS,
+                                                    ['1e-3', '3e-3'])
+    dapo.append(versus_sft.online_rl_rewards(config('dapo'), base))
+    control.append(controls[best])
+    print(f'seed {seed}: DAPO {dapo[-1].mean():.3f} vs', {k: v.mean() for k, v in controls.items()})
+  gain, se = versus_sft.paired(np.concatenate(dapo), np.concatenate(control))
+  print('DAPO vs tuned continued SFT, pooled over seeds', gain, se)
   assert gain > 2 * se, (gain, se)
 
 
