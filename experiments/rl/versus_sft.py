@@ -155,8 +155,7 @@ def define_flags():
   flags.DEFINE_list('seeds', ['0', '1'], 'Seeds (each its own base, control and runs).')
   flags.DEFINE_list('algorithms', ['grpo', 'dr_grpo', 'dapo', 'rloo', 'grpo:64'],
                     'grpo.ALGORITHMS names; <name>:<P> draws P problems per rollout, not 16 '
-                    '(grpo:64 samples as many as DAPO, whose dynamic sampling draws up to 4 '
-                    'rollouts).')
+                    '(grpo:64 samples about as many as DAPO did with max_sample_batches=4).')
   flags.DEFINE_integer('steps', 480, 'Optimizer steps of every arm after the base.')
   flags.DEFINE_list('sft_learning_rates', ['3e-4', '1e-3', '3e-3'],
                     'Constant LRs of continued SFT; the best on the held-out score is the control.')
