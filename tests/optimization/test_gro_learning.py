@@ -1,14 +1,16 @@
-"""GRO really changes a model: DAPO raises the held-out verified reward of a weak SFT model
-beyond what continued SFT at equal steps buys, and with the model's own (untrained) verdict as its
-reward GRPO learns to please that judge instead, which the reward-hacking monitor catches. GRPO,
-Dr. GRPO and RLOO beat the control only with 64 problems a rollout, ~150 s an arm
-(experiments/rl/README.md), too slow for the suite, so no test claims they do.
+"""GRO really changes a model. DAPO, and RLOO given DAPO's dynamic sampling, raise the held-out
+verified reward of a weak SFT model beyond what a tuned continued SFT at equal steps buys, on two
+seeds. Without dynamic sampling GRPO, Dr. GRPO and RLOO beat that control only with 64 problems a
+rollout, ~150 s an arm (experiments/rl/README.md), too slow for the suite. With the model's own
+(untrained) verdict as its reward, GRPO learns to please that judge instead, which the
+reward-hacking monitor catches.
 
-Both start from the suite's weak base (tests/helpers.py: weak_base_config), as do the paradigm
-tests; the DAPO test also builds a second seed's.
+All start from the suite's weak base (tests/helpers.py: weak_base_config), as do the paradigm
+tests; the versus-SFT tests also build a second seed's.
 """
 
 import numpy as np
+import pytest
 
 from experiments.rl import versus_sft
 from si_jax import experiment, sampling
@@ -18,33 +20,71 @@ from tests import helpers
 
 
 # The suite's weak base has seen its 512 labelled problems 7.5 times (60 steps of 64): more SFT
-# on them buys little, while DAPO keeps drawing fresh problems until every group of its update
-# carries an advantage. Measured here (8 fake devices, 160 steps, each seed its own base), DAPO
-# minus the better of continued SFT at LR 1e-3 / 3e-3: seed 0 +0.106 (SE 0.020), seed 1 +0.021
-# (0.015), seed 2 +0.048 (0.018), seed 3 +0.084 (0.017). One seed can fall short of 2 SE (seed
-# 1: 1.4), so the test pools two: seeds 0 + 1, +0.064 (5.1 SE). experiments/rl/README.md has
-# the table.
+# on them buys little, while dynamic sampling keeps drawing fresh problems until every group of
+# the update carries an advantage. Measured here (8 fake devices, 160 steps, each seed its own
+# base), minus the better of continued SFT at LR 1e-3 / 3e-3, seeds 0 / 1 (SE):
+#   DAPO                      +0.106 (0.020) / +0.021 (0.015); seeds 2 / 3: +0.048 / +0.084
+#   RLOO + dynamic sampling   +0.097 (0.019) / +0.035 (0.013)
+# One seed can fall short of 2 SE (DAPO's seed 1: 1.4), so each test pools two: DAPO +0.064
+# (5.1 SE). experiments/rl/README.md has the tables (and GRPO / Dr. GRPO + dynamic sampling).
 VERSUS_SFT_STEPS = 160
 VERSUS_SFT_SEEDS = (0, 1)
 
 
-def test_dapo_beats_tuned_continued_sft_at_equal_steps(weak_base, tmp_path):
-  """DAPO on fresh problems scored by the verifier vs the control a paper would run: the same
-  number of optimizer steps of SFT on the base's own seed set, at the better of two LRs (picked
-  per seed on the held-out score: an optimistic control). Over two seeds, each with its own
-  base, the paired held-out reward gain clears 2 standard errors."""
-  dapo, control = [], []
+def _versus_sft_config(root, arm: str, algorithm: str, seed: int):
+  return versus_sft.reverse_config(str(root / f'{arm}_seed{seed}'), algorithm, seed,
+                                   VERSUS_SFT_STEPS, seed_set=512)
+
+
+@pytest.fixture(scope='module')
+def tuned_controls(weak_base, tmp_path_factory):
+  """(root, {seed: (base workdir, held-out rewards of the tuned control)}) for VERSUS_SFT_SEEDS.
+
+  The control a paper would run: as many optimizer steps of SFT on the base's own seed set, at
+  the better of two LRs, picked per seed on the held-out score itself (an optimistic control).
+  Each seed has its own base: another seed's seed set would be fresh labels to the control."""
+  root = tmp_path_factory.mktemp('versus_sft')
+  controls = {}
   for seed in VERSUS_SFT_SEEDS:
-    base = weak_base if seed == 0 else helpers.build_weak_base(str(tmp_path), seed)
-    config = lambda name: versus_sft.reverse_config(str(tmp_path / f'{name}_seed{seed}'), name,
-                                                     seed, VERSUS_SFT_STEPS, seed_set=512)
-    best, controls = versus_sft.tuned_continued_sft(config('grpo'), base, VERSUS_SFT_STEPS,
-                                                    ['1e-3', '3e-3'])
-    dapo.append(versus_sft.online_rl_rewards(config('dapo'), base))
-    control.append(controls[best])
-    print(f'seed {seed}: DAPO {dapo[-1].mean():.3f} vs', {k: v.mean() for k, v in controls.items()})
-  gain, se = versus_sft.paired(np.concatenate(dapo), np.concatenate(control))
-  print('DAPO vs tuned continued SFT, pooled over seeds', gain, se)
+    base = weak_base if seed == 0 else helpers.build_weak_base(str(root), seed)
+    best, scores = versus_sft.tuned_continued_sft(_versus_sft_config(root, 'sft', 'grpo', seed),
+                                                  base, VERSUS_SFT_STEPS, ['1e-3', '3e-3'])
+    print(f'seed {seed} controls', {k: v.mean() for k, v in scores.items()})
+    controls[seed] = base, scores[best]
+  return root, controls
+
+
+def _gain_over_control(tuned_controls, arm: str, algorithm: str, **rl) -> tuple[float, float]:
+  """(paired held-out gain of the online-RL arm over the tuned control, its SE), pooled over
+  the seeds' held-out problems."""
+  root, controls = tuned_controls
+  arm_rewards, control_rewards = [], []
+  for seed, (base, control) in controls.items():
+    config = _versus_sft_config(root, arm, algorithm, seed)
+    config.rl.update(rl)
+    arm_rewards.append(versus_sft.online_rl_rewards(config, base))
+    control_rewards.append(control)
+    print(f'seed {seed}: {arm} {arm_rewards[-1].mean():.3f} vs control {control.mean():.3f}')
+  gain, se = versus_sft.paired(np.concatenate(arm_rewards), np.concatenate(control_rewards))
+  print(f'{arm} - tuned control, pooled over seeds: {gain:+.3f} (SE {se:.3f})')
+  return gain, se
+
+
+@pytest.mark.xdist_group('versus_sft')
+def test_dapo_beats_tuned_continued_sft_at_equal_steps(tuned_controls):
+  """DAPO on fresh problems scored by the verifier: over two seeds the paired held-out reward
+  gain over the tuned control clears 2 standard errors."""
+  gain, se = _gain_over_control(tuned_controls, 'dapo', 'dapo')
+  assert gain > 2 * se, (gain, se)
+
+
+@pytest.mark.xdist_group('versus_sft')
+def test_rloo_with_dynamic_sampling_beats_tuned_continued_sft_at_equal_steps(tuned_controls):
+  """RLOO's leave-one-out baseline and sequence-sum loss (configs/grpo_addition.py:rloo), its
+  update filled with informative groups by DAPO's dynamic sampling: over two seeds the paired
+  gain over the tuned control clears 2 standard errors. (At 16 problems a rollout without it,
+  RLOO does not beat the control; at 64 it does, but ~3x slower.)"""
+  gain, se = _gain_over_control(tuned_controls, 'rloo_ds', 'rloo', dynamic_sampling=True)
   assert gain > 2 * se, (gain, se)
 
 
