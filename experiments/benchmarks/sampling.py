@@ -2,6 +2,8 @@
 
   python -m experiments.benchmarks.sampling [--batch_sizes=1,16,64] [--repeats=3] [--nono_cache]
       [--nooutput_major]
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m experiments.benchmarks.sampling \
+      --tensor=2   # every weight split over 2 CPU devices (one thread each), as on a GPU pair
 
 For each batch size: prefill time, decode tokens/s (B * 64 / total time), time per decode step,
 process peak RSS, and the roofline bounds on this machine, measured here (matmul peak) or taken
@@ -23,7 +25,7 @@ import numpy as np
 from absl import app, flags
 
 from configs import base
-from si_jax import layout, models, sampling
+from si_jax import layout, models, sampling, sharding
 from experiments.benchmarks.train_step import matmul_peak_flops
 
 _BATCH_SIZES = flags.DEFINE_list('batch_sizes', ['1', '16', '64'], 'Batch sizes.')
@@ -32,6 +34,8 @@ _BANDWIDTH = flags.DEFINE_float('bandwidth_gbs', 35.0, 'Memory bandwidth, GB/s (
 _NO_CACHE = flags.DEFINE_bool('no_cache', True, 'Also time the no-cache baseline (minutes at B=64).')
 _OUTPUT_MAJOR = flags.DEFINE_bool('output_major', None,
                                   'Sampler(output_major=...); unset: the sampler\'s default.')
+_TENSOR = flags.DEFINE_integer('tensor', 1, 'Tensor-parallel devices the sampler splits the '
+                               'weights over (heads, MLP, vocab); > 1 needs as many devices.')
 PROMPT, NEW = 32, 64
 
 
@@ -49,10 +53,19 @@ def main(_):
   cfg = models.TransformerConfig.from_config_dict(base.get_config().model)
   model, params = models.build(cfg, jax.random.PRNGKey(0))
   n_params = models.param_count(params)
-  sampler = sampling.Sampler(model, output_major=_OUTPUT_MAJOR.value)
+  mesh = None
+  if _TENSOR.value > 1:
+    if len(jax.devices()) < _TENSOR.value:
+      raise ValueError(f'--tensor={_TENSOR.value} needs as many devices; this process has '
+                       f'{len(jax.devices())}. On a CPU set XLA_FLAGS=--xla_force_host_platform_'
+                       f'device_count={_TENSOR.value} before the command')
+    mesh = sharding.make_mesh({'data': 1, 'fsdp': 1, 'tensor': _TENSOR.value},
+                              jax.devices()[:_TENSOR.value])
+  sampler = sampling.Sampler(model, mesh, output_major=_OUTPUT_MAJOR.value)
+  params = sampler.place_params(params)
   no_cache_step = jax.jit(lambda p, t: jnp.argmax(models.forward(model, p, t)[:, -1], -1))
   print(f'REF-25M: {n_params:,} params; bandwidth {_BANDWIDTH.value:.0f} GB/s; '
-        f'devices {jax.devices()[0].platform}')
+        f'devices {jax.devices()[0].platform}, tensor-parallel over {_TENSOR.value}')
   print('| B | decode | matmul peak | prefill | bound | decode tok/s | bound tok/s | % of bound | '
         'ms/step | no-cache tok/s | peak RSS |')
   print('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')

@@ -21,14 +21,16 @@ from tests import helpers
 
 # The suite's weak base has seen its 512 labelled problems 7.5 times (60 steps of 64): more SFT
 # on them buys little, while dynamic sampling keeps drawing fresh problems until every group of
-# the update carries an advantage. Measured here (8 fake devices, 160 steps, each seed its own
-# base), minus the better of continued SFT at LR 1e-3 / 3e-3, seeds 0 / 1 (SE):
-#   DAPO                      +0.106 (0.020) / +0.021 (0.015); seeds 2 / 3: +0.048 / +0.084
-#   RLOO + dynamic sampling   +0.097 (0.019) / +0.035 (0.013)
-# One seed can fall short of 2 SE (DAPO's seed 1: 1.4), so each test pools two: DAPO +0.064
-# (5.1 SE). experiments/rl/README.md has the tables (and GRPO / Dr. GRPO + dynamic sampling).
+# the update carries an advantage. Measured here (8 fake devices, 160 steps, 16 problems x 8
+# samples an update, each seed its own base), minus the better of continued SFT at LR 1e-3 /
+# 3e-3, seeds 0 / 1 (SE):
+#   DAPO                      +0.107 (0.019) / +0.028 (0.014)
+#   RLOO + dynamic sampling   +0.097 (0.020) / +0.022 (0.015)
+# One seed can fall short of 2 SE, so each test pools two. 16 samples a problem won as much for
+# ~40% more time. experiments/rl/README.md has the tables.
 VERSUS_SFT_STEPS = 160
 VERSUS_SFT_SEEDS = (0, 1)
+VERSUS_SFT_GROUP_SIZE = 8
 
 
 def _versus_sft_config(root, arm: str, algorithm: str, seed: int):
@@ -61,7 +63,7 @@ def _gain_over_control(tuned_controls, arm: str, algorithm: str, **rl) -> tuple[
   arm_rewards, control_rewards = [], []
   for seed, (base, control) in controls.items():
     config = _versus_sft_config(root, arm, algorithm, seed)
-    config.rl.update(rl)
+    config.rl.update(rl, group_size=VERSUS_SFT_GROUP_SIZE)
     arm_rewards.append(versus_sft.online_rl_rewards(config, base))
     control_rewards.append(control)
     print(f'seed {seed}: {arm} {arm_rewards[-1].mean():.3f} vs control {control.mean():.3f}')
