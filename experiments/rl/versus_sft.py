@@ -19,6 +19,7 @@ versus_sft.md / .json under --workdir.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import ml_collections
 import numpy as np
@@ -120,22 +121,37 @@ def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 
+def arm_config(arm: str, config: Callable[[str, str], ml_collections.ConfigDict]):
+  """The config of an arm named `<algorithm>[+ds][:<P>[x<G>]]`: +ds turns on DAPO's dynamic
+  sampling, P problems x G samples a rollout (e.g. 'grpo', 'grpo:64', 'rloo+ds:16x8').
+  config(algorithm, workdir name) builds the algorithm's config."""
+  spec, _, shape = arm.partition(':')
+  algorithm, plus, extra = spec.partition('+')
+  if plus and extra != 'ds':
+    raise ValueError(f'--algorithms: {arm!r} is not <algorithm>[+ds][:<P>[x<G>]]')
+  c = config(algorithm, arm.replace(':', '_x').replace('+', '_'))
+  c.rl.dynamic_sampling = c.rl.dynamic_sampling or bool(plus)
+  if shape:
+    prompts, _, group = shape.partition('x')
+    c.rl.prompts_per_iteration = int(prompts)
+    if group:
+      c.rl.group_size = int(group)
+  return c
+
+
 def main(argv):
   del argv
   rows = []
   for seed in map(int, FLAGS.seeds):
     root = os.path.join(FLAGS.workdir, f'seed{seed}')
-    config = lambda name, sub: reverse_config(os.path.join(root, sub), name, seed, FLAGS.steps)
+    config = lambda name, sub: reverse_config(os.path.join(root, sub), name, seed, FLAGS.steps,
+                                              FLAGS.seed_set)
     base_dir = train.warm_start(config('grpo', 'base_run'))
     control, sft_scores = tuned_continued_sft(config('grpo', 'control'), base_dir, FLAGS.steps,
                                               FLAGS.sft_learning_rates)
     scores = {'base': base_rewards(config('grpo', 'base_run'), base_dir), **sft_scores}
-    for arm in FLAGS.algorithms:  # 'grpo', or 'grpo:64' for 64 problems per rollout.
-      name, _, prompts = arm.partition(':')
-      rl_config = config(name, arm.replace(':', '_x'))
-      if prompts:
-        rl_config.rl.prompts_per_iteration = int(prompts)
-      scores[arm] = online_rl_rewards(rl_config, base_dir)
+    for arm in FLAGS.algorithms:
+      scores[arm] = online_rl_rewards(arm_config(arm, config), base_dir)
     for name, values in scores.items():
       diff, se = paired(values, scores[control])
       rows.append({'seed': seed, 'arm': name, 'control': name == control,
@@ -154,8 +170,9 @@ def define_flags():
   """Defined when run as a script only: importing the module (tests do) defines no flag."""
   flags.DEFINE_list('seeds', ['0', '1'], 'Seeds (each its own base, control and runs).')
   flags.DEFINE_list('algorithms', ['grpo', 'dr_grpo', 'dapo', 'rloo', 'grpo:64'],
-                    'grpo.ALGORITHMS names; <name>:<P> draws P problems per rollout, not 16 '
-                    '(grpo:64 samples about as many as DAPO did with max_sample_batches=4).')
+                    'Arms: <name>[+ds][:<P>[x<G>]], name in grpo.ALGORITHMS; +ds adds DAPO\'s '
+                    'dynamic sampling, P problems x G samples a rollout (default 16 x 16).')
+  flags.DEFINE_integer('seed_set', SEED_SET, 'Labelled problems of the seed set.')
   flags.DEFINE_integer('steps', 480, 'Optimizer steps of every arm after the base.')
   flags.DEFINE_list('sft_learning_rates', ['3e-4', '1e-3', '3e-3'],
                     'Constant LRs of continued SFT; the best on the held-out score is the control.')
