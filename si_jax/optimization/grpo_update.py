@@ -112,10 +112,10 @@ def collect(draw: Callable[[int, int], tuple[rollout.Rollout, np.ndarray]],
   that is one batch. With it (DAPO, Algorithm 1) only groups whose rewards differ are kept, and
   draws go on until they fill the whole update: no group without an advantage takes a slot.
   Each draw after the first is sized by the share of informative groups seen so far, so a
-  refill is usually one more (larger) sampling call. All draws together
-  sample at most `max_sample_batches` batches (verl's max_num_gen_batches); if that is not
-  enough, the informative groups drawn are repeated to fill the update (a warning), and none at
-  all is an error.
+  refill is usually one more (larger) sampling call. All draws together sample at most
+  `max_sample_batches` batches (verl's max_num_gen_batches); if that is not enough, the
+  informative groups drawn are repeated to fill the update (a warning), and none at all is an
+  error.
   """
   wanted, g = rl.prompts_per_iteration, rl.group_size
   if not rl.dynamic_sampling:
@@ -123,9 +123,12 @@ def collect(draw: Callable[[int, int], tuple[rollout.Rollout, np.ndarray]],
     return ro, shaped_reward(ro, reward, rl), {}
   kept, kept_rewards, batches, sampled, informative, attempt = [], [], 0, 0, 0, 0
   while informative < wanted and batches < rl.max_sample_batches:
-    rate = (informative + 1) / (sampled + 2)  # Laplace's estimate: never 0, never certain.
-    size = min(-(-(wanted - informative) // max(1, int(rate * wanted))),
-               rl.max_sample_batches - batches) if sampled else 1
+    if not sampled:
+      size = 1  # No informative share known yet.
+    else:
+      rate = (informative + 1) / (sampled + 2)  # Laplace's estimate: never 0, never certain.
+      per_batch = max(1, int(rate * wanted))  # Informative groups a batch should bring.
+      size = min(-(-(wanted - informative) // per_batch), rl.max_sample_batches - batches)
     ro, reward = draw(attempt, size)
     reward = shaped_reward(ro, reward, rl).reshape(-1, g)
     keep = np.flatnonzero(grpo.dynamic_sampling_keep(reward))
