@@ -186,7 +186,7 @@ def ttrl(exp: Experiment, state, problems: Sequence[Problem], cfg: TTRLConfig = 
       chunk = [problems[i] for _ in range(batches) for i in next(chunks)]
       ro = rollout.rollout(sampler, params, exp.tokenizer, chunk, group_size=vote,
                            max_new_tokens=cfg.max_new_tokens, strategy=strategy,
-                           seed=seed * 1_000_003 + it * len(chunk) + attempt * 7919)
+                           seed=seed * 1_000_003 + it * cfg.prompts_per_iteration + attempt * 7919)
       samples += len(ro.completions)
       tokens += int(ro.arrays['completion_mask'].sum())
       fields = {'answers': ro.answers} if labelled else {}  # Unlabelled: the vote is the label.

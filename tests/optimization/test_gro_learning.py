@@ -31,12 +31,12 @@ from tests import helpers
 # tables (seeds 2-3 too).
 VERSUS_SFT_STEPS = 160
 VERSUS_SFT_SEEDS = (0, 1)
-VERSUS_SFT_GROUP_SIZE = 8
 
 
-def _versus_sft_config(root, arm: str, algorithm: str, seed: int):
-  return versus_sft.reverse_config(str(root / f'{arm}_seed{seed}'), algorithm, seed,
-                                   VERSUS_SFT_STEPS, seed_set=512)
+def _versus_sft_config(root, seed: int):
+  """config(algorithm, name) of versus_sft.arm_config: the 512-problem reversal setting."""
+  return lambda algorithm, name: versus_sft.reverse_config(
+      str(root / f'{name}_seed{seed}'), algorithm, seed, VERSUS_SFT_STEPS, seed_set=512)
 
 
 @pytest.fixture(scope='module')
@@ -50,21 +50,20 @@ def tuned_controls(weak_base, tmp_path_factory):
   controls = {}
   for seed in VERSUS_SFT_SEEDS:
     base = weak_base if seed == 0 else helpers.build_weak_base(str(root), seed)
-    best, scores = versus_sft.tuned_continued_sft(_versus_sft_config(root, 'sft', 'grpo', seed),
+    best, scores = versus_sft.tuned_continued_sft(_versus_sft_config(root, seed)('grpo', 'sft'),
                                                   base, VERSUS_SFT_STEPS, ['1e-3', '3e-3'])
     print(f'seed {seed} controls', {k: v.mean() for k, v in scores.items()})
     controls[seed] = base, scores[best]
   return root, controls
 
 
-def _gain_over_control(tuned_controls, arm: str, algorithm: str, **rl) -> tuple[float, float]:
+def _gain_over_control(tuned_controls, arm: str) -> tuple[float, float]:
   """(paired held-out gain of the online-RL arm over the tuned control, its SE), pooled over
-  the seeds' held-out problems."""
+  the seeds' held-out problems. arm: versus_sft.arm_config's `<algorithm>[+ds][:<P>[x<G>]]`."""
   root, controls = tuned_controls
   arm_rewards, control_rewards = [], []
   for seed, (base, control) in controls.items():
-    config = _versus_sft_config(root, arm, algorithm, seed)
-    config.rl.update(rl, group_size=VERSUS_SFT_GROUP_SIZE)
+    config = versus_sft.arm_config(arm, _versus_sft_config(root, seed))
     arm_rewards.append(versus_sft.online_rl_rewards(config, base))
     control_rewards.append(control)
     print(f'seed {seed}: {arm} {arm_rewards[-1].mean():.3f} vs control {control.mean():.3f}')
@@ -77,7 +76,7 @@ def _gain_over_control(tuned_controls, arm: str, algorithm: str, **rl) -> tuple[
 def test_dapo_beats_tuned_continued_sft_at_equal_steps(tuned_controls):
   """DAPO on fresh problems scored by the verifier: over two seeds the paired held-out reward
   gain over the tuned control clears 2 standard errors."""
-  gain, se = _gain_over_control(tuned_controls, 'dapo', 'dapo')
+  gain, se = _gain_over_control(tuned_controls, 'dapo:16x8')
   assert gain > 2 * se, (gain, se)
 
 
@@ -87,7 +86,7 @@ def test_rloo_with_dynamic_sampling_beats_tuned_continued_sft_at_equal_steps(tun
   update filled with informative groups by DAPO's dynamic sampling: over two seeds the paired
   gain over the tuned control clears 2 standard errors. (At 16 problems a rollout without it,
   RLOO does not beat the control; at 64 it does, but ~3x slower.)"""
-  gain, se = _gain_over_control(tuned_controls, 'rloo_ds', 'rloo', dynamic_sampling=True)
+  gain, se = _gain_over_control(tuned_controls, 'rloo+ds:16x8')
   assert gain > 2 * se, (gain, se)
 
 
