@@ -1,4 +1,4 @@
-"""GRPO, Dr. GRPO, DAPO and RLOO against a tuned continued SFT at equal optimizer steps.
+"""GRPO, Dr. GRPO, DAPO, RLOO and ReST-EM against a tuned continued SFT at equal optimizer steps.
 
   python -m experiments.rl.versus_sft --seeds=0,1 --workdir=/tmp/si_jax/rl_vs_sft
 
@@ -10,7 +10,10 @@ are free and a verifier scores answers. Per seed, a weak base (a tiny model, 60 
     very problems it is scored on: a bias in the control's favour);
   * each algorithm (configs/grpo_addition.py:<name>): `steps` optimizer steps of online RL on
     fresh problems with the verifier's reward (16 problems x 16 samples per rollout, or P for
-    an arm named <name>:P; 2 epochs), at the RL phase's constant LR 1e-3.
+    an arm named <name>:P; 2 epochs), at the RL phase's constant LR 1e-3;
+  * rest_em:P (configs/rest_em.py): 2 rounds of P fresh problems x 8 samples, each M-step
+    fine-tuning the *base* for steps / 2 SFT steps on the verified samples (so its final model
+    has half the control's updates).
 Score: the mean verified reward of 4 samples at T=1 on 256 held-out problems; `- sft` is the
 paired per-problem difference from the tuned control, with its standard error. Writes
 versus_sft.md / .json under --workdir.
@@ -27,8 +30,9 @@ from absl import app, flags
 
 from configs import grpo_addition
 from experiments import report
+from configs import rest_em
 from si_jax import experiment, sampling, train
-from si_jax.optimization import online_rl, rounds
+from si_jax.optimization import online_rl, rejection_sampling, rounds
 
 FLAGS = flags.FLAGS
 SEED_SET = 256  # Labelled problems: the base's and the control's only data.
@@ -71,9 +75,11 @@ def _scored(config) -> np.ndarray:
     exp.ckpt.close()
 
 
-def base_rewards(config, base_dir: str) -> np.ndarray:
+def run_rewards(config, run_dir: str) -> np.ndarray:
+  """Held-out rewards of the latest params in run_dir (a base, or a finished arm), scored as
+  config's arms are."""
   config = config.copy_and_resolve_references()
-  config.init_from, config.workdir = base_dir, os.path.join(config.workdir, 'base_score')
+  config.init_from, config.workdir = run_dir, os.path.join(config.workdir, 'score')
   return _scored(config)
 
 
@@ -107,11 +113,31 @@ def tuned_continued_sft(config, base_dir: str, steps: int,
   return max(scores, key=lambda k: scores[k].mean()), scores
 
 
-def online_rl_rewards(config, base_dir: str) -> np.ndarray:
-  config = config.copy_and_resolve_references()
-  config.init_from = base_dir
-  online_rl.run(config)
-  return _scored(config)
+def rest_em_config(config, problems_per_round: int, group_size: int = 8,
+                   num_rounds: int = 2) -> ml_collections.ConfigDict:
+  """configs/rest_em.py in the setting of `config` (a reverse_config): its task, seed set, seed,
+  mesh and workdir, and its optimizer steps split over num_rounds M-steps from the base."""
+  c = rest_em.get_config()
+  c.workdir, c.seed, c.task, c.mesh = config.workdir, config.seed, config.task, config.mesh
+  c.data.seq_len, c.data.seed_set_size = config.data.seq_len, config.data.seed_set_size
+  c.gro.num_rounds, c.gro.problems_per_round, c.gro.group_size = (num_rounds, problems_per_round,
+                                                                   group_size)
+  c.gro.sft_steps = config.rl.num_iterations * config.rl.epochs // num_rounds
+  c.gro.max_new_tokens = config.rl.max_new_tokens
+  return c
+
+
+def arm_rewards(arm: str, config: Callable[[str, str], ml_collections.ConfigDict],
+                base_dir: str) -> np.ndarray:
+  """Trains arm_config(arm, config) from base_dir; the held-out rewards of its final params,
+  scored as every arm is (ReST-EM's run holds no RL eval settings: its reverse_config does)."""
+  c = arm_config(arm, config)
+  c.init_from = base_dir
+  if c.job == 'rejection_sampling':
+    rejection_sampling.run(c)
+    return run_rewards(config('grpo', _dir_name(arm)), c.workdir)
+  online_rl.run(c)
+  return _scored(c)
 
 
 def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -120,16 +146,25 @@ def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
   return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
 
 
+def _dir_name(arm: str) -> str:
+  return arm.replace(':', '_x').replace('+', '_')
+
 
 def arm_config(arm: str, config: Callable[[str, str], ml_collections.ConfigDict]):
   """The config of an arm named `<algorithm>[+ds][:<P>[x<G>]]`: +ds turns on DAPO's dynamic
-  sampling, P problems x G samples a rollout (e.g. 'grpo', 'grpo:64', 'rloo+ds:16x8').
+  sampling, P problems x G samples a rollout (e.g. 'grpo', 'grpo:64', 'rloo+ds:16x8'); or
+  `rest_em:<P>[x<G>]`, P fresh problems x G samples a round (e.g. 'rest_em:4096').
   config(algorithm, workdir name) builds the algorithm's config."""
   spec, _, shape = arm.partition(':')
   algorithm, plus, extra = spec.partition('+')
-  if plus and extra != 'ds':
-    raise ValueError(f'--algorithms: {arm!r} is not <algorithm>[+ds][:<P>[x<G>]]')
-  c = config(algorithm, arm.replace(':', '_x').replace('+', '_'))
+  name = _dir_name(arm)
+  if algorithm == 'rest_em' and shape and not plus:
+    prompts, _, group = shape.partition('x')
+    return rest_em_config(config('grpo', name), int(prompts), int(group or 8))
+  if plus and extra != 'ds' or algorithm == 'rest_em':
+    raise ValueError(f'--algorithms: {arm!r} is not <algorithm>[+ds][:<P>[x<G>]] or '
+                     f'rest_em:<P>[x<G>]')
+  c = config(algorithm, name)
   c.rl.dynamic_sampling = c.rl.dynamic_sampling or bool(plus)
   if shape:
     prompts, _, group = shape.partition('x')
@@ -149,9 +184,9 @@ def main(argv):
     base_dir = train.warm_start(config('grpo', 'base_run'))
     control, sft_scores = tuned_continued_sft(config('grpo', 'control'), base_dir, FLAGS.steps,
                                               FLAGS.sft_learning_rates)
-    scores = {'base': base_rewards(config('grpo', 'base_run'), base_dir), **sft_scores}
+    scores = {'base': run_rewards(config('grpo', 'base_run'), base_dir), **sft_scores}
     for arm in FLAGS.algorithms:
-      scores[arm] = online_rl_rewards(arm_config(arm, config), base_dir)
+      scores[arm] = arm_rewards(arm, config, base_dir)
     for name, values in scores.items():
       diff, se = paired(values, scores[control])
       rows.append({'seed': seed, 'arm': name, 'control': name == control,
@@ -171,7 +206,8 @@ def define_flags():
   flags.DEFINE_list('seeds', ['0', '1'], 'Seeds (each its own base, control and runs).')
   flags.DEFINE_list('algorithms', ['grpo', 'dr_grpo', 'dapo', 'rloo', 'grpo:64'],
                     'Arms: <name>[+ds][:<P>[x<G>]], name in grpo.ALGORITHMS; +ds adds DAPO\'s '
-                    'dynamic sampling, P problems x G samples a rollout (default 16 x 16).')
+                    'dynamic sampling, P problems x G samples a rollout (default 16 x 16); or '
+                    'rest_em:<P>[x<G>], P fresh problems x G samples (default 8) a round.')
   flags.DEFINE_integer('seed_set', SEED_SET, 'Labelled problems of the seed set.')
   flags.DEFINE_integer('steps', 480, 'Optimizer steps of every arm after the base.')
   flags.DEFINE_list('sft_learning_rates', ['3e-4', '1e-3', '3e-3'],

@@ -1,4 +1,6 @@
-"""GRO paradigms: every config runs end to end through si_jax.main; RS and DPO learn."""
+"""GRO paradigms: every config runs end to end through si_jax.main, each paradigm keeps its
+paper's form, and DPO learns. ReST-EM's learning test against a tuned control is in
+test_gro_learning.py."""
 
 import functools
 import importlib
@@ -45,17 +47,19 @@ def test_config_runs_end_to_end_and_writes_checkpoints(name, tmp_path):
     assert result['round_1_judge_drift_flag'] is False
 
 
-# experiments/paradigms/README.md: ReST-EM from a base that memorised a 128-problem seed set.
-REST_EM_SCALE = ['data.seed_set_size=128', 'train.num_steps=100', 'gro.problems_per_round=1024']
-
-
-def test_rest_em_beats_continued_sft_at_equal_steps(tmp_path):
-  """Fresh prompts + the verifier + restarts from the base beat more SFT on the seed set, by
-  more than 2 standard errors of the paired held-out difference (measured: +6.2 points, SE 1.7)."""
-  config = compare.get_config('rest_em', 0, str(tmp_path))
-  result = compare.compare(compare.override(config, REST_EM_SCALE))
-  print('ReST-EM vs continued SFT', result)
-  assert result['gain'] > 2 * result['se'], result
+def test_compare_scores_paradigm_and_control_on_the_same_problems(tmp_path):
+  """experiments/paradigms/compare.py at test scale: the control gets the paradigm's whole
+  nominal budget, and the gain is the paired difference of the two arms' held-out scores.
+  (ReST-EM's learning test is tests/optimization/test_gro_learning.py's, against a tuned control.)"""
+  config = _tiny(compare.get_config('rest_em', 0, str(tmp_path)), str(tmp_path))
+  config.train.eval_size = 32
+  result = compare.compare(config)
+  assert result['control_steps'] == config.gro.num_rounds * config.gro.sft_steps
+  assert result['gain'] == pytest.approx(result['paradigm'] - result['control'])
+  assert result['se'] >= 0.0
+  assert all(0.0 <= result[k] <= 1.0 for k in ('base', 'control', 'paradigm'))
+  for arm in ('control', 'paradigm'):
+    assert os.listdir(tmp_path / arm / 'checkpoints')
 
 
 def test_dpo_raises_the_margin_on_held_out_pairs(weak_base, tmp_path):
