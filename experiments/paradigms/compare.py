@@ -6,7 +6,9 @@
 Per seed: a base model trains on a fixed labelled seed set (config.data.seed_set_size; the only
 labels). From it, two arms with the same optimizer:
   control   continued SFT on the same seed set, for as many update steps as the paradigm may
-            take in all its rounds (its nominal budget: the control never gets fewer);
+            take in all its rounds (its nominal budget: the control never gets fewer), at each
+            LR of --control_learning_rates (default: the paradigm's); the best on the held-out
+            score itself is the control (tuned on the problems it is scored on: in its favour);
   paradigm  the paradigm's own loop (si_jax.main with config.init_from = the base).
 Both are scored by greedy exact match on the same held-out problems ([seed, 1]); the gain is the
 paired per-problem difference with its standard error. A paradigm "beats continued SFT" when the
@@ -84,24 +86,36 @@ def paired_gain(paradigm: np.ndarray, control: np.ndarray) -> tuple[float, float
   return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
 
 
-def compare(config) -> dict:
-  """Base (trained here unless config.init_from), control and paradigm; their accuracies."""
+def compare(config, control_learning_rates: tuple[float, ...] = ()) -> dict:
+  """Base (trained here unless config.init_from), control and paradigm; their accuracies.
+
+  The control is continued SFT at the best of control_learning_rates (default: the paradigm's
+  own LR), picked on the held-out score."""
   start = time.time()
   root = config.workdir
   with config.unlocked():
     config.init_from = train.warm_start(config)  # <root>/base unless given.
   base = config.init_from
   steps = paradigm_steps(config)
-  train.run(_control_config(config, steps, os.path.join(root, 'control')))
+  controls = {}
+  for lr in control_learning_rates or (config.optimizer.learning_rate,):
+    control = _control_config(config, steps, os.path.join(root, f'control_lr{lr:g}'))
+    control.optimizer.learning_rate = lr
+    train.run(control)
+    controls[lr] = held_out(config, control.workdir)
+  best_lr = max(controls, key=lambda lr: controls[lr].mean())
   with config.unlocked():
     config.workdir = os.path.join(root, 'paradigm')
   si_main.run(config)
-  acc = {name: held_out(config, os.path.join(root, name) if name != 'base' else base)
-         for name in ('base', 'control', 'paradigm')}
+  acc = {'base': held_out(config, base), 'control': controls[best_lr],
+         'paradigm': held_out(config, config.workdir)}
   gain, se = paired_gain(acc['paradigm'], acc['control'])
   return {'base': float(acc['base'].mean()), 'control': float(acc['control'].mean()),
           'paradigm': float(acc['paradigm'].mean()), 'gain': gain, 'se': se,
-          'control_steps': steps, 'minutes': (time.time() - start) / 60}
+          'control_steps': steps, 'control_lr': best_lr,
+          'control_by_lr': {f'{lr:g}': float(a.mean()) for lr, a in controls.items()},
+          'minutes': (time.time() - start) / 60,
+          'per_problem': {name: a.tolist() for name, a in acc.items()}}
 
 
 FLAGS = flags.FLAGS
@@ -109,6 +123,8 @@ flags.DEFINE_list('paradigms', list(CONFIGS)[:4], 'Paradigms to compare (keys of
 flags.DEFINE_list('seeds', ['0', '1'], 'Seeds: each its own base, control and paradigm.')
 flags.DEFINE_string('workdir', '/tmp/si_jax/paradigms', 'Runs go to <workdir>/<paradigm>/<seed>.')
 flags.DEFINE_list('set', [], 'Config overrides, e.g. data.seed_set_size=128,train.num_steps=100.')
+flags.DEFINE_list('control_learning_rates', [], 'Constant LRs of the continued-SFT control; the '
+                  'best on the held-out score is the control (default: the paradigm\'s LR).')
 
 
 def override(config, assignments: list[str]):
@@ -126,11 +142,12 @@ def override(config, assignments: list[str]):
 
 def table(rows: list[dict]) -> str:
   """Markdown: accuracies (%) and the paired gain over continued SFT with its standard error."""
-  out = ['| paradigm | seed | base | continued SFT (steps) | paradigm | gain (SE) | > 2 SE | minutes |',
-         '|---|---|---|---|---|---|---|---|']
+  out = ['| paradigm | seed | base | continued SFT (steps, LR) | paradigm | gain (SE) | > 2 SE | '
+         'minutes |', '|---|---|---|---|---|---|---|---|']
   for r in rows:
     out.append(f"| {r['paradigm']} | {r['seed']} | {100 * r['base']:.1f} | "
-               f"{100 * r['control']:.1f} ({r['control_steps']}) | {100 * r['paradigm_acc']:.1f} | "
+               f"{100 * r['control']:.1f} ({r['control_steps']}, {r['control_lr']:g}) | "
+               f"{100 * r['paradigm_acc']:.1f} | "
                f"{100 * r['gain']:+.1f} ({100 * r['se']:.1f}) | "
                f"{'yes' if r['gain'] > 2 * r['se'] else 'no'} | {r['minutes']:.1f} |")
   return '\n'.join(out)
@@ -142,7 +159,9 @@ def main(argv):
   for name in FLAGS.paradigms:
     for seed in map(int, FLAGS.seeds):
       config = get_config(name, seed, os.path.join(FLAGS.workdir, name, str(seed)))
-      result = compare(override(config, FLAGS.set))
+      result = compare(override(config, FLAGS.set),
+                       tuple(map(float, FLAGS.control_learning_rates)))
+      del result['per_problem']
       rows.append({**result, 'paradigm_acc': result['paradigm'], 'paradigm': name,
                    'seed': seed})
       print(json.dumps(rows[-1]))
