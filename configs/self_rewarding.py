@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.gro.loss = 'dpo'  # Preference loss: 'dpo', 'ipo', 'simpo'.
   c.gro.beta = 0.1  # β of the preference loss.
   c.gro.label_smoothing = 0.0  # ε of conservative DPO.
+  c.gro.nll_weight = 0.0  # α of Iterative RPO's NLL term on the chosen answer (0: pure DPO).
   c.gro.dpo_steps = 30  # DPO steps per round.
   c.gro.max_epochs = 2.0  # Cap on passes over a round's data (pairs overfit quickly).
   c.gro.batch_size = 32  # Pairs (or EFT examples) per step.

@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.gro.max_new_tokens = 10  # Completion budget.
   c.gro.temperature = 0.0  # 0: greedy self answers (as in SPIN); > 0 samples them.
   c.gro.beta = 0.1  # β of SPIN's logistic loss.
+  c.gro.nll_weight = 0.0  # α of an RPO-style NLL term on the reference answer (0: SPIN's loss).
   c.gro.spin_steps = 40  # Updates per iteration.
   c.gro.max_epochs = 2.0  # Cap on passes over a round's data (pairs overfit quickly).
   c.gro.batch_size = 32  # Pairs per step.

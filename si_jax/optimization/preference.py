@@ -34,12 +34,17 @@ class PreferenceConfig:
   beta: float = 0.1  # β: inverse temperature of the implicit reward.
   label_smoothing: float = 0.0  # ε of conservative DPO: the label is flipped with prob. ε.
   simpo_gamma: float = 0.5  # γ: SimPO's target reward margin.
+  # α of Iterative RPO (Pang et al. 2024, 2404.19733, Eq. 1): + α * the chosen completion's
+  # per-token NLL. 0 is the papers' pure loss; > 0 keeps the chosen answer's likelihood from
+  # falling with the rejected one's (what pure DPO / SPIN do to a small model here).
+  nll_weight: float = 0.0
 
   def __post_init__(self):
     if self.loss not in PREFERENCE_LOSSES:
       raise ValueError(f'preference loss={self.loss!r} not in {sorted(PREFERENCE_LOSSES)}')
-    if self.beta <= 0 or not 0 <= self.label_smoothing < 0.5:
-      raise ValueError('preference beta must be > 0 and label_smoothing in [0, 0.5)')
+    if self.beta <= 0 or not 0 <= self.label_smoothing < 0.5 or self.nll_weight < 0:
+      raise ValueError('preference beta must be > 0, label_smoothing in [0, 0.5) and '
+                       'nll_weight >= 0')
 
   @property
   def needs_reference(self) -> bool:
@@ -105,8 +110,12 @@ def preference_loss(model: models.Model, params, batch, cfg: PreferenceConfig):
   len_w = batch['chosen_mask'].sum(axis=1).astype(jnp.float32)
   len_l = batch['rejected_mask'].sum(axis=1).astype(jnp.float32)
   losses = PREFERENCE_LOSSES[cfg.loss](pi_w, pi_l, ref_w, ref_l, len_w, len_l, cfg)
+  chosen_nll = -pi_w / jnp.maximum(len_w, 1.0)
+  if cfg.nll_weight:
+    losses = losses + cfg.nll_weight * chosen_nll
   margin = jax.lax.stop_gradient((pi_w - ref_w) - (pi_l - ref_l))
   return losses.sum(), (jnp.float32(losses.shape[0]), {
       'margin': margin.sum(), 'accuracy': (margin > 0).astype(jnp.float32).sum(),
       'chosen_reward': cfg.beta * jax.lax.stop_gradient(pi_w - ref_w).sum(),
-      'rejected_reward': cfg.beta * jax.lax.stop_gradient(pi_l - ref_l).sum()})
+      'rejected_reward': cfg.beta * jax.lax.stop_gradient(pi_l - ref_l).sum(),
+      'chosen_nll': jax.lax.stop_gradient(chosen_nll).sum()})

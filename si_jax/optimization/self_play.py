@@ -32,7 +32,7 @@ def sft_set(config, task) -> list:
 
 def run(config) -> dict:
   gro = config.gro
-  pref_cfg = preference.PreferenceConfig(loss='spin', beta=gro.beta)
+  pref_cfg = preference.PreferenceConfig(loss='spin', beta=gro.beta, nll_weight=gro.nll_weight)
   exp, state = experiment.setup(config, gro.num_rounds * gro.spin_steps)
   sampler = sampling.Sampler(exp.model, exp.mesh)
   spin_step = rounds.preference_step(exp, pref_cfg)

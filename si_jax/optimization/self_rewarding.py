@@ -108,7 +108,8 @@ def seed_problems(config, task) -> list[tasks.Problem]:
 def run(config) -> dict:
   gro = config.gro
   pref_cfg = preference.PreferenceConfig(loss=gro.loss, beta=gro.beta,
-                                         label_smoothing=gro.label_smoothing)
+                                         label_smoothing=gro.label_smoothing,
+                                         nll_weight=gro.nll_weight)
   if gro.prompts not in ('self_instruct', 'task'):
     raise ValueError(f"config.gro.prompts={gro.prompts!r}: use 'self_instruct' or 'task'")
   exp, state = experiment.setup(config, gro.judge_sft_steps + gro.num_rounds * gro.dpo_steps)

@@ -222,6 +222,26 @@ def test_preference_loss_on_a_model_uses_sequence_logprobs(rollout):
   assert abs(float(metrics['margin'])) < 1e-4
 
 
+def test_rpo_nll_weight_adds_the_chosen_per_token_nll(rollout):
+  """Iterative RPO: loss = pure loss + α * (-log p(y_w) / |y_w|); α = 0 is the pure loss."""
+  model, params, batch = rollout
+  pairs = {'prompt': batch['prompt'], 'prompt_mask': batch['prompt_mask'],
+           'chosen_completion': batch['completion'], 'chosen_mask': batch['completion_mask'],
+           'rejected_completion': batch['completion'][::-1],
+           'rejected_mask': batch['completion_mask'][::-1]}
+  pi_w = preference.sequence_logprobs(model, params, pairs, 'chosen')
+  pi_l = preference.sequence_logprobs(model, params, pairs, 'rejected')
+  self_ref = {**pairs, 'ref_chosen': pi_w, 'ref_rejected': pi_l}
+  nll = -np.asarray(pi_w) / np.maximum(batch['completion_mask'].sum(1), 1)
+  for name in ('dpo', 'spin'):
+    cfg = preference.PreferenceConfig(loss=name, beta=0.5, nll_weight=0.7)
+    loss_sum, (weight, metrics) = preference.preference_loss(model, params, self_ref, cfg)
+    np.testing.assert_allclose(loss_sum / weight, np.log(2) + 0.7 * nll.mean(), rtol=1e-5)
+    np.testing.assert_allclose(metrics['chosen_nll'] / weight, nll.mean(), rtol=1e-5)
+  with pytest.raises(ValueError, match='nll_weight'):
+    preference.PreferenceConfig(nll_weight=-1.0)
+
+
 def test_bad_preference_config_is_named():
   with pytest.raises(ValueError, match='kto'):
     preference.PreferenceConfig(loss='kto')
