@@ -193,10 +193,13 @@ def reward_hacking(proxy: tuple[float, float], proxy_before: tuple[float, float]
 def judge_drift(agreement_history: Sequence[Any], drop: float = 0.1) -> dict[str, Any]:
   """Flags a self-judge whose agreement with the verifier fell by > `drop` from its best.
 
-  Entries are agreement accuracies, or `judge.agreement` dicts (their 'accuracy' is read);
+  Entries are agreement scores, or `judge.agreement` dicts, whose 'balanced_accuracy' is read
+  (their 'accuracy' if they have none): a judge that comes to call every candidate wrong keeps
+  a high plain accuracy while most candidates are wrong, but its balanced accuracy falls to 0.5.
   NaN entries (nothing to compare that round) are skipped.
   """
-  values = [float(a['accuracy'] if isinstance(a, dict) else a) for a in agreement_history]
+  values = [float(a.get('balanced_accuracy', a.get('accuracy')) if isinstance(a, dict) else a)
+            for a in agreement_history]
   values = [v for v in values if not math.isnan(v)]
   if not values:
     return _flag(False, 'no judge agreement recorded')

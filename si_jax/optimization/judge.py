@@ -148,8 +148,11 @@ def agreement(judge_scores, verified_rewards, threshold: float = 0.5) -> dict[st
   """How well the judge tracks the verifier (monitors judge drift / reward hacking).
 
   The judge says "correct" when its score >= threshold; the verifier when its reward >= 0.5.
-  precision = P(verified | judged correct), recall = P(judged correct | verified); NaN when
-  their denominator is empty.
+  precision = P(verified | judged correct), recall = P(judged correct | verified), specificity
+  = P(judged wrong | verified wrong); NaN when their denominator is empty. balanced_accuracy =
+  the mean of recall and specificity (the one defined, if only one is): unlike accuracy it does
+  not reward a judge that calls everything wrong when most candidates are (such a judge scores
+  0.5, not the share of wrong candidates).
   """
   judged = np.asarray(judge_scores, np.float64).reshape(-1) >= threshold
   verified = np.asarray(verified_rewards, np.float64).reshape(-1) >= 0.5
@@ -157,9 +160,13 @@ def agreement(judge_scores, verified_rewards, threshold: float = 0.5) -> dict[st
     raise ValueError(f'agreement: {judged.size} judge scores vs {verified.size} verified rewards')
   both = float(np.sum(judged & verified))
   ratio = lambda num, den: num / den if den else float('nan')
+  recall = ratio(both, float(verified.sum()))
+  specificity = ratio(float(np.sum(~judged & ~verified)), float(np.sum(~verified)))
   return {'accuracy': ratio(float(np.sum(judged == verified)), judged.size),
           'precision': ratio(both, float(judged.sum())),
-          'recall': ratio(both, float(verified.sum())),
+          'recall': recall, 'specificity': specificity,
+          'balanced_accuracy': float(np.nanmean([recall, specificity]))
+          if not (np.isnan(recall) and np.isnan(specificity)) else float('nan'),
           'n': judged.size}
 
 

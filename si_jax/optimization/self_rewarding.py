@@ -9,8 +9,9 @@ self-instruction, writing new prompts. Each round (M_t -> M_t+1) then: the model
 prompts -> samples candidates for each -> scores them with its own judgement -> the highest and
 lowest scored candidate of a prompt form a pair when their scores differ -> DPO against the
 round-start model as reference. After M1 no label enters training: the verifier only measures
-the judge's agreement with it (`judge_accuracy`, and `judge_drift`, its change since round 1)
-and the held-out accuracy; both are reported, never read by a decision.
+the judge's agreement with it (`judge_accuracy`; `judge_balanced_accuracy`, the mean of its
+recall on right and on wrong candidates; and `judge_drift`, the change of the balanced one since
+round 1) and the held-out accuracy; all are reported, never read by a decision.
 
 Fidelity flags (config.gro; defaults are the paper's form):
   * judge: 'additive' — the 5-point additive LLM-as-a-judge prompt (Fig. 2), adapted to the
@@ -168,18 +169,23 @@ def run(config) -> dict:
             num_steps=gro.dpo_steps, batch_size=gro.batch_size, seed=config.seed * 31 + r,
             max_epochs=gro.max_epochs)
         logged.update(pref_metrics)
-      # --- Judge drift: its agreement with the verifier, against round 1's (report only) ---
-      history = [*exp.meta.get('judge_history', []), logged.get('judge_accuracy', float('nan'))]
+      # --- Judge drift: its balanced agreement with the verifier, against round 1's (report
+      # only). Plain accuracy would miss a judge that comes to call every candidate wrong. ---
+      history = [*exp.meta.get('judge_history', []),
+                 logged.get('judge_balanced_accuracy', float('nan'))]
       exp.meta['judge_history'] = history  # Saved with the round's checkpoint.
       drift = monitors.judge_drift(history)
       logged['judge_drift'] = history[-1] - history[0]
       logged['judge_drift_flag'] = drift['flag']
-      tracker.result[f'round_{r + 1}_judge_accuracy'] = history[-1]
+      tracker.result[f'round_{r + 1}_judge_accuracy'] = logged.get('judge_accuracy',
+                                                                  float('nan'))
+      tracker.result[f'round_{r + 1}_judge_balanced_accuracy'] = history[-1]
       tracker.result[f'round_{r + 1}_judge_drift'] = logged['judge_drift']
       tracker.result[f'round_{r + 1}_judge_drift_flag'] = drift['flag']
       tracker.end_round(r, state, logged,
                         f"{len(problems)} prompts, {len(pairs)} pairs, judge agrees "
-                        f"with the verifier on {history[-1]:.1%} ({drift['reason']}), ")
+                        f"with the verifier on {logged.get('judge_accuracy', float('nan')):.1%}, "
+                        f"balanced {history[-1]:.1%} ({drift['reason']}), ")
   finally:
     exp.ckpt.close()
   return tracker.result

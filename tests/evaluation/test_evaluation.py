@@ -10,6 +10,7 @@ from si_jax import models, report, sampling, tasks
 from si_jax.data.store import DataStore
 from si_jax.evaluation import benchmark, contamination, interactive, metrics, monitors
 from si_jax.evaluation import stage as evaluation_stage
+from si_jax.optimization import judge
 from si_jax.tasks.base import Problem
 from si_jax.tokenizers import Tokenizer
 from tests.helpers import tiny_model_config
@@ -209,6 +210,13 @@ def test_judge_drift_collapse_and_gap_flags():
   assert not monitors.judge_drift([0.8, 0.9, 0.85])['flag']
   assert not monitors.judge_drift([{'accuracy': 0.9}, {'accuracy': float('nan')}])['flag']
   assert monitors.judge_drift([{'accuracy': 0.9}, {'accuracy': 0.5}])['flag']
+  # The judge of a self-rewarding run going lazy (seen: recall 0.26 -> 0.07 -> 0 while 18-25%
+  # of candidates were right): its plain accuracy does not fall, its balanced accuracy does.
+  verified = np.asarray([1.0] * 20 + [0.0] * 80)
+  early = judge.agreement(np.r_[[1.0] * 6, [0.0] * 14, [1.0] * 2, [0.0] * 78], verified)
+  lazy = judge.agreement(np.zeros(100), verified)
+  assert lazy['accuracy'] >= early['accuracy'] - 0.1
+  assert monitors.judge_drift([early, lazy])['flag']
 
   assert monitors.collapse([0.8, 0.7, 0.4], [2.0, 1.9, 1.8])['flag']  # distinct -50%.
   assert monitors.collapse([0.8, 0.8, 0.8], [2.0, 1.5, 1.0])['flag']  # entropy -50%.

@@ -116,9 +116,14 @@ def test_agreement_exact():
   verified = [1.0, 0.0, 1.0, 1.0, 0.0, 0.0]
   # judged: T T F T F F; verified: T F T T F F -> tp 2, fp 1, fn 1, tn 2.
   got = judge.agreement(scores, verified)
-  assert got == {'accuracy': 4 / 6, 'precision': 2 / 3, 'recall': 2 / 3, 'n': 6}
+  assert got == {'accuracy': 4 / 6, 'precision': 2 / 3, 'recall': 2 / 3, 'specificity': 2 / 3,
+                 'balanced_accuracy': 2 / 3, 'n': 6}
   assert judge.agreement(scores, verified, threshold=0.85)['precision'] == 1.0
   assert np.isnan(judge.agreement([0.1], [1.0])['precision'])
+  # A judge that calls everything wrong when 1 in 5 is right: accuracy 0.8, balanced 0.5.
+  lazy = judge.agreement([0.0] * 10, [1.0, 1.0] + [0.0] * 8)
+  assert lazy['accuracy'] == 0.8 and lazy['balanced_accuracy'] == 0.5
+  assert judge.agreement([0.9], [1.0])['balanced_accuracy'] == 1.0  # no wrong candidate
 
 
 # --- The reward model -------------------------------------------------------------------------
