@@ -49,9 +49,9 @@ def test_config_runs_end_to_end_and_writes_checkpoints(name, tmp_path):
 
 
 # experiments/paradigms/README.md: STaR on multiplication with written partial products, from a
-# base that memorised a 256-problem seed set; 2 rounds of 4,096 fresh problems x 8 samples.
+# base that memorised a 256-problem seed set; 2 rounds of 4,096 fresh problems x 4 samples.
 STAR_SCALE = ['data.seed_set_size=256', 'train.num_steps=200', 'gro.problems_per_round=4096',
-              'gro.num_rounds=2', 'gro.sft_steps=90']
+              'gro.num_rounds=2', 'gro.sft_steps=90', 'gro.group_size=4']
 
 
 def test_star_beats_tuned_continued_sft_at_equal_steps(tmp_path):
