@@ -28,9 +28,8 @@ import ml_collections
 import numpy as np
 from absl import app, flags
 
-from configs import grpo_addition
+from configs import grpo_addition, rest_em
 from experiments import report
-from configs import rest_em
 from si_jax import experiment, sampling, train
 from si_jax.optimization import online_rl, rejection_sampling, rounds
 
