@@ -1,12 +1,13 @@
 """GRO-STEP benchmark (shared/BENCHMARKS.md): one GRPO iteration on REF-25M.
 
-  python -m experiments.benchmarks.gro_step [--repeats=3] [--grad_accum_steps=4]
+  python -m experiments.benchmarks.gro_step [--repeats=3] [--grad_accum_steps=32]
 
 16 prompts x a group of 8 samples, 32 prompt tokens, exactly 64 completion tokens, a frozen
 reference copy: generation + reference scoring + one optimizer step. Reports samples/s, the time
 split, and the update's model FLOP utilisation (6 * params * tokens / time / matmul peak).
-The update runs its 128 rows as `grad_accum_steps` microbatches (config.optimizer's knob): on a
-CPU, 32-row microbatches keep the activations in cache (see experiments/benchmarks/README.md).
+The update runs its 128 rows as `grad_accum_steps` microbatches (config.optimizer's knob), by
+default 32 of 4 rows: on a CPU, 4-row microbatches keep the activations in cache (see
+experiments/benchmarks/README.md).
 """
 
 import functools
@@ -18,7 +19,7 @@ import numpy as np
 from absl import app, flags
 
 from configs import base
-from experiments.benchmarks.train_step import GRAD_ACCUM, matmul_peak_flops
+from experiments.benchmarks.train_step import grad_accum_steps, matmul_peak_flops
 from si_jax import layout, models, optimizers, sampling, sharding, train_state
 from si_jax.optimization import grpo, train_step
 
@@ -35,7 +36,7 @@ def main(_):
   reference = jax.tree.map(lambda x: x.copy(), state.params)
   grpo_cfg = grpo.GRPOConfig(beta=0.04, max_completion_len=NEW)
   step = train_step.jit_train_step(train_step.make_train_step(
-      functools.partial(grpo.grpo_loss, model, cfg=grpo_cfg), tx, schedule, GRAD_ACCUM.value),
+      functools.partial(grpo.grpo_loss, model, cfg=grpo_cfg), tx, schedule, grad_accum_steps(PROMPTS * GROUP)),
       shardings, mesh)
   sampler = sampling.Sampler(model, mesh)
   rng = np.random.default_rng(0)
@@ -76,7 +77,7 @@ def main(_):
   peak = max(peak, matmul_peak_flops())
   flops = 6 * n_params * update_tokens / med['update']
   print(f'GRO-STEP on REF-25M ({n_params:,} params), {PROMPTS} prompts x {GROUP} samples, '
-        f'{PROMPT_LEN}+{NEW} tokens, update in {GRAD_ACCUM.value} microbatches, '
+        f'{PROMPT_LEN}+{NEW} tokens, update in {grad_accum_steps(PROMPTS * GROUP)} microbatches, '
         f'{jax.devices()[0].platform}')
   print('| samples/s | iteration | generate | reference | update | update GFLOP/s | update MFU |')
   print('| --- | --- | --- | --- | --- | --- | --- |')
