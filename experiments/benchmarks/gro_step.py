@@ -35,9 +35,9 @@ def main(_):
   model, state, shardings = train_state.create(cfg, tx, mesh, seed=0)
   reference = jax.tree.map(lambda x: x.copy(), state.params)
   grpo_cfg = grpo.GRPOConfig(beta=0.04, max_completion_len=NEW)
+  accum = grad_accum_steps(PROMPTS * GROUP)
   step = train_step.jit_train_step(train_step.make_train_step(
-      functools.partial(grpo.grpo_loss, model, cfg=grpo_cfg), tx, schedule, grad_accum_steps(PROMPTS * GROUP)),
-      shardings, mesh)
+      functools.partial(grpo.grpo_loss, model, cfg=grpo_cfg), tx, schedule, accum), shardings, mesh)
   sampler = sampling.Sampler(model, mesh)
   rng = np.random.default_rng(0)
   prompts = rng.integers(4, cfg.vocab_size, (PROMPTS, PROMPT_LEN)).tolist()
@@ -77,7 +77,7 @@ def main(_):
   peak = max(peak, matmul_peak_flops())
   flops = 6 * n_params * update_tokens / med['update']
   print(f'GRO-STEP on REF-25M ({n_params:,} params), {PROMPTS} prompts x {GROUP} samples, '
-        f'{PROMPT_LEN}+{NEW} tokens, update in {grad_accum_steps(PROMPTS * GROUP)} microbatches, '
+        f'{PROMPT_LEN}+{NEW} tokens, update in {accum} microbatches, '
         f'{jax.devices()[0].platform}')
   print('| samples/s | iteration | generate | reference | update | update GFLOP/s | update MFU |')
   print('| --- | --- | --- | --- | --- | --- | --- |')

@@ -58,8 +58,9 @@ def main(_):
   mesh = sharding.make_mesh({'fsdp': -1})
   tx, schedule = optimizers.make_optimizer(config.optimizer, 1000)
   model, state, shardings = train_state.create(model_cfg, tx, mesh, seed=0)
+  accum = grad_accum_steps(b)
   step = train_step.jit_train_step(train_step.make_train_step(
-      functools.partial(sft.sft_loss, model), tx, schedule, grad_accum_steps(b)), shardings, mesh)
+      functools.partial(sft.sft_loss, model), tx, schedule, accum), shardings, mesh)
   rng = np.random.default_rng(0)
   batch = sharding.shard_batch({
       'tokens': rng.integers(0, model_cfg.vocab_size, (b, t + 1)).astype(np.int32),
@@ -81,7 +82,7 @@ def main(_):
   print('| model | params | batch | microbatches | median step | tokens/s | MFU (6*N*D) '
         '| matmul peak |')
   print('| --- | --- | --- | --- | --- | --- | --- | --- |')
-  print(f'| {_MODEL.value} | {n_params:,} | {b}x{t} | {grad_accum_steps(b)} | {median * 1e3:.1f} ms '
+  print(f'| {_MODEL.value} | {n_params:,} | {b}x{t} | {accum} | {median * 1e3:.1f} ms '
         f'| {tokens / median:,.0f} '
         f'| {mfu:.1%} | {peak / 1e9:.0f} GFLOP/s |')
 

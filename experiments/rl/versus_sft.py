@@ -156,20 +156,19 @@ def arm_config(arm: str, config: Callable[[str, str], ml_collections.ConfigDict]
   config(algorithm, workdir name) builds the algorithm's config."""
   spec, _, shape = arm.partition(':')
   algorithm, plus, extra = spec.partition('+')
+  prompts, _, group = shape.partition('x')
   name = _dir_name(arm)
-  if algorithm == 'rest_em' and shape and not plus:
-    prompts, _, group = shape.partition('x')
+  if algorithm == 'rest_em' and prompts and not plus:
     return rest_em_config(config('grpo', name), int(prompts), int(group or 8))
   if plus and extra != 'ds' or algorithm == 'rest_em':
     raise ValueError(f'--algorithms: {arm!r} is not <algorithm>[+ds][:<P>[x<G>]] or '
                      f'rest_em:<P>[x<G>]')
   c = config(algorithm, name)
   c.rl.dynamic_sampling = c.rl.dynamic_sampling or bool(plus)
-  if shape:
-    prompts, _, group = shape.partition('x')
+  if prompts:
     c.rl.prompts_per_iteration = int(prompts)
-    if group:
-      c.rl.group_size = int(group)
+  if group:
+    c.rl.group_size = int(group)
   return c
 
 

@@ -162,12 +162,11 @@ def agreement(judge_scores, verified_rewards, threshold: float = 0.5) -> dict[st
   ratio = lambda num, den: num / den if den else float('nan')
   recall = ratio(both, float(verified.sum()))
   specificity = ratio(float(np.sum(~judged & ~verified)), float(np.sum(~verified)))
+  defined = [x for x in (recall, specificity) if not np.isnan(x)]
   return {'accuracy': ratio(float(np.sum(judged == verified)), judged.size),
           'precision': ratio(both, float(judged.sum())),
           'recall': recall, 'specificity': specificity,
-          'balanced_accuracy': float(np.nanmean([recall, specificity]))
-          if not (np.isnan(recall) and np.isnan(specificity)) else float('nan'),
-          'n': judged.size}
+          'balanced_accuracy': ratio(sum(defined), len(defined)), 'n': judged.size}
 
 
 # --- The additive 5-point judge (Self-Rewarding LMs, Fig. 2) -------------------------------------

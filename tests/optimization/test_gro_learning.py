@@ -1,9 +1,9 @@
 """GRO really changes a model. DAPO, RLOO given DAPO's dynamic sampling, and ReST-EM raise the
 held-out verified reward of a weak SFT model beyond what a tuned continued SFT at equal steps
 buys, on two seeds. Without dynamic sampling GRPO, Dr. GRPO and RLOO beat that control only
-with 64 problems a rollout, ~150 s an arm (experiments/rl/README.md), too slow for the suite. With the model's own
-(untrained) verdict as its reward, GRPO learns to please that judge instead, which the
-reward-hacking monitor catches.
+with 64 problems a rollout, ~150 s an arm (experiments/rl/README.md), too slow for the suite.
+With the model's own (untrained) verdict as its reward, GRPO learns to please that judge
+instead, which the reward-hacking monitor catches.
 
 All start from the suite's weak base (tests/helpers.py: weak_base_config), as do the paradigm
 tests; the versus-SFT tests also build a second seed's.

@@ -201,12 +201,17 @@ def test_preference_losses_match_numpy(name, smoothing):
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def _reversed_pairs(batch):
+  """Preference pairs from a rollout batch: row b's completion chosen over row B-1-b's."""
+  return {'prompt': batch['prompt'], 'prompt_mask': batch['prompt_mask'],
+          'chosen_completion': batch['completion'], 'chosen_mask': batch['completion_mask'],
+          'rejected_completion': batch['completion'][::-1],
+          'rejected_mask': batch['completion_mask'][::-1]}
+
+
 def test_preference_loss_on_a_model_uses_sequence_logprobs(rollout):
   model, params, batch = rollout
-  pairs = {'prompt': batch['prompt'], 'prompt_mask': batch['prompt_mask'],
-           'chosen_completion': batch['completion'], 'chosen_mask': batch['completion_mask'],
-           'rejected_completion': batch['completion'][::-1],
-           'rejected_mask': batch['completion_mask'][::-1]}
+  pairs = _reversed_pairs(batch)
   cfg = preference.PreferenceConfig(loss='dpo', beta=0.5)
   zero_ref = {**pairs, 'ref_chosen': np.zeros(6, np.float32),
               'ref_rejected': np.zeros(6, np.float32)}
@@ -225,10 +230,7 @@ def test_preference_loss_on_a_model_uses_sequence_logprobs(rollout):
 def test_rpo_nll_weight_adds_the_chosen_per_token_nll(rollout):
   """Iterative RPO: loss = pure loss + α * (-log p(y_w) / |y_w|); α = 0 is the pure loss."""
   model, params, batch = rollout
-  pairs = {'prompt': batch['prompt'], 'prompt_mask': batch['prompt_mask'],
-           'chosen_completion': batch['completion'], 'chosen_mask': batch['completion_mask'],
-           'rejected_completion': batch['completion'][::-1],
-           'rejected_mask': batch['completion_mask'][::-1]}
+  pairs = _reversed_pairs(batch)
   pi_w = preference.sequence_logprobs(model, params, pairs, 'chosen')
   pi_l = preference.sequence_logprobs(model, params, pairs, 'rejected')
   self_ref = {**pairs, 'ref_chosen': pi_w, 'ref_rejected': pi_l}
