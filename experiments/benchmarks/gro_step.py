@@ -1,13 +1,14 @@
 """GRO-STEP benchmark (shared/BENCHMARKS.md): one GRPO iteration on REF-25M.
 
   python -m experiments.benchmarks.gro_step [--repeats=3] [--grad_accum_steps=32]
+      [--microbatches_per_iteration=2]
 
 16 prompts x a group of 8 samples, 32 prompt tokens, exactly 64 completion tokens, a frozen
 reference copy: generation + reference scoring + one optimizer step. Reports samples/s, the time
 split, and the update's model FLOP utilisation (6 * params * tokens / time / matmul peak).
 The update runs its 128 rows as `grad_accum_steps` microbatches (config.optimizer's knob), by
-default 32 of 4 rows: on a CPU, 4-row microbatches keep the activations in cache (see
-experiments/benchmarks/README.md).
+default 32 of 4 rows: on a CPU, 4-row microbatches keep the activations in cache, and two of
+them per loop iteration keep both cores busy (see experiments/benchmarks/README.md).
 """
 
 import functools
@@ -19,7 +20,7 @@ import numpy as np
 from absl import app, flags
 
 from configs import base
-from experiments.benchmarks.train_step import grad_accum_steps, matmul_peak_flops
+from experiments.benchmarks.train_step import grad_accum_steps, matmul_peak_flops, unroll
 from si_jax import layout, models, optimizers, sampling, sharding, train_state
 from si_jax.optimization import grpo, train_step
 
@@ -37,7 +38,8 @@ def main(_):
   grpo_cfg = grpo.GRPOConfig(beta=0.04, max_completion_len=NEW)
   accum = grad_accum_steps(PROMPTS * GROUP)
   step = train_step.jit_train_step(train_step.make_train_step(
-      functools.partial(grpo.grpo_loss, model, cfg=grpo_cfg), tx, schedule, accum), shardings, mesh)
+      functools.partial(grpo.grpo_loss, model, cfg=grpo_cfg), tx, schedule, accum, unroll()),
+      shardings, mesh)
   sampler = sampling.Sampler(model, mesh)
   rng = np.random.default_rng(0)
   prompts = rng.integers(4, cfg.vocab_size, (PROMPTS, PROMPT_LEN)).tolist()

@@ -26,6 +26,8 @@ _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps.')
 # Also gro_step.py's flag (it imports this module).
 GRAD_ACCUM = flags.DEFINE_integer('grad_accum_steps', 0, 'Microbatches of the timed update (1: '
                                   'one pass; 0: microbatches of MICROBATCH_ROWS rows).')
+UNROLL = flags.DEFINE_integer('microbatches_per_iteration', 0, 'Microbatches per iteration of '
+                              'the accumulation loop (0: train_step.microbatches_per_iteration).')
 # On the 2-core CPU a REF-25M step runs fastest on 4-row (384-token) microbatches, whose
 # activations stay in cache: 4 of TRAIN-STEP's 16 rows, 32 of GRO-STEP's 128 (README).
 MICROBATCH_ROWS = 4
@@ -34,6 +36,11 @@ MICROBATCH_ROWS = 4
 def grad_accum_steps(rows: int) -> int:
   """--grad_accum_steps, or as many microbatches as MICROBATCH_ROWS-row slices of `rows`."""
   return GRAD_ACCUM.value or max(1, rows // MICROBATCH_ROWS)
+
+
+def unroll() -> int | None:
+  """--microbatches_per_iteration, or None for make_train_step's default."""
+  return UNROLL.value or None
 
 
 def matmul_peak_flops(n: int = 2048, reps: int = 5) -> float:
@@ -60,7 +67,7 @@ def main(_):
   model, state, shardings = train_state.create(model_cfg, tx, mesh, seed=0)
   accum = grad_accum_steps(b)
   step = train_step.jit_train_step(train_step.make_train_step(
-      functools.partial(sft.sft_loss, model), tx, schedule, accum), shardings, mesh)
+      functools.partial(sft.sft_loss, model), tx, schedule, accum, unroll()), shardings, mesh)
   rng = np.random.default_rng(0)
   batch = sharding.shard_batch({
       'tokens': rng.integers(0, model_cfg.vocab_size, (b, t + 1)).astype(np.int32),
