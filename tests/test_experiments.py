@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from si_jax import main as si_main
 from tests import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -67,8 +68,10 @@ def _stale_config_keys(config_name: str, rest: str) -> list[str]:
   for key in re.findall(r'--config\.([\w.]+)=', rest):
     node = config
     for part in key.split('.'):
-      node = node.get(part) if hasattr(node, 'get') else None
-    stale += [] if node is not None else [f'--config.{key} (configs/{config_name}.py)']
+      if not hasattr(node, 'keys') or part not in node.keys():  # A key whose value is None exists.
+        stale.append(f'--config.{key} (configs/{config_name}.py)')
+        break
+      node = node[part]
   return stale
 
 
@@ -76,7 +79,7 @@ def test_documented_commands_use_existing_flags(script_help):
   """A renamed or removed flag leaves every README and docstring that shows it broken; so does a
   `--config.<key>` override of a key the config (the command's --config, or the module's
   default) no longer has."""
-  flags, default_config = {}, {'si_jax.main': 'self_train_arithmetic'}
+  flags, default_config = {}, {'si_jax.main': pathlib.Path(si_main._DEFAULT_CONFIG).stem}
   for path, out in script_help.items():
     flags[_module(path)] = set(re.findall(r'^\s+--(?:\[no\])?([\w.]+)', out, re.M))
     default = re.search(r'--config:.*\n\s+\(default: \'.*configs/(\w+)\.py\'\)', out)

@@ -34,8 +34,8 @@ def microbatches_per_iteration() -> int:
 
   2 on CPU: two microbatches' forward and backward passes are independent, so XLA's CPU runtime
   runs their ops on both cores at once, where one microbatch left a core idle a third of the
-  time (profiled). Measured 0-5% faster on TRAIN-STEP and 5-9% on GRO-STEP's update, with the
-  same update to the bit (experiments/benchmarks/README.md). 1 elsewhere: two in flight would hold
+  time (profiled). Measured 0-5% faster on TRAIN-STEP and 8% on GRO-STEP's update (interleaved
+  A/B), with the same update to the bit (experiments/benchmarks/README.md). 1 elsewhere: two in flight would hold
   two microbatches' activations, and saving that memory is what accumulation is for there.
   """
   return 2 if jax.default_backend() == 'cpu' else 1
